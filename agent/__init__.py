@@ -1,0 +1,3 @@
+"""pi-edge-agent: the daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,171 @@
+"""The driver contract: what every driver module provides and what the agent may rely on.
+
+A driver module (one file in ``drivers/``) holds four things, and adding a driver touches
+no other file but its line in :mod:`drivers.registry`:
+
+1. its options, a frozen :class:`msgspec.Struct` tagged with the driver's name, subclassing
+   :class:`SensorOptions`, :class:`OutputOptions` or :class:`InputOptions`;
+2. its driver class, which takes its hardware by keyword and implements :class:`Sensor`,
+   :class:`Output` or :class:`Input`;
+3. an emulator that makes the same class run under ``--simulate``;
+4. a :class:`DriverSpec` named ``SPEC`` that ties them together, with a commented sample.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
+
+import msgspec
+
+if TYPE_CHECKING:
+    from drivers.hardware import Hardware, SimulatedHardware
+
+#: Seconds, after the agent's config layer has parsed "10s", "5m", ... into a number.
+Seconds = Annotated[float, msgspec.Meta(ge=0, extra={"duration": True})]
+#: A simulated value: a constant, or ``[lo, hi]`` for a bounded random walk.
+SimulatedValue = float | Annotated[list[float], msgspec.Meta(min_length=2, max_length=2)]
+
+
+class Options(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every config struct: immutable, strict, keyword-only."""
+
+
+class Simulation(Options, frozen=True):
+    """How a sensor behaves under ``--simulate``.
+
+    Each quantity maps to a constant or a ``[lo, hi]`` random walk; quantities left out
+    take the driver's own plausible default.
+    """
+
+    values: dict[str, SimulatedValue] = {}
+    fail_rate: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+
+
+class SensorOptions(Options, frozen=True, tag_field="driver"):
+    """Options every sensor has; a driver's own options subclass this.
+
+    ``interval``, ``qos`` and ``retain`` are read by the agent, not by the driver.
+    """
+
+    interval: Seconds = 10.0
+    qos: Annotated[int, msgspec.Meta(ge=0, le=2)] = 1
+    retain: bool = False
+    timeout: Annotated[float, msgspec.Meta(gt=0, extra={"duration": True})] | None = None
+    simulation: Simulation = Simulation()
+
+
+class OutputOptions(Options, frozen=True, tag_field="driver"):
+    """Options every output has; the safety policy around them belongs to the agent."""
+
+    initial: Literal["off", "on", "restore"] = "off"
+    max_on: Seconds = 0.0
+    failsafe: Literal["off", "on"] | None = "off"
+    failsafe_after: Seconds = 60.0
+    interlock: tuple[str, ...] = ()
+    min_switch_interval: Seconds = 0.0
+
+
+class InputOptions(Options, frozen=True, tag_field="driver"):
+    """Options every input has."""
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A physical quantity a sensor reports, in fixed units."""
+
+    unit: str
+    #: The chip's real resolution; readings are rounded to it.
+    resolution: float
+    description: str = ""
+    #: Home Assistant ``device_class``, when there is one.
+    device_class: str | None = None
+
+
+class Driver(abc.ABC):
+    """Every driver: releases its hardware in an idempotent :meth:`close` and is a
+    context manager.
+
+    Subclasses *must* implement :meth:`close`. They *may* set :attr:`resource` to the name
+    of a shared bus ("i2c-1"): the agent never runs two reads on one resource at once.
+    """
+
+    resource: str | None = None
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the hardware. Calling it again does nothing."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Sensor(Driver):
+    """A sensor. Subclasses *must* implement :meth:`read`."""
+
+    #: Fastest the chip may be read, in seconds; the config refuses a shorter interval.
+    min_interval_s: ClassVar[float] = 0.0
+
+    @abc.abstractmethod
+    def read(self) -> dict[str, float]:
+        """Take one measurement: quantity name -> value in the quantity's unit.
+
+        Raises:
+            drivers.errors.TransientError: the read may succeed if retried.
+            drivers.errors.PermanentError: it will not, until something changes.
+        """
+
+
+class Output(Driver):
+    """A binary output (a relay). Subclasses *must* implement :meth:`set` and :attr:`is_on`."""
+
+    @abc.abstractmethod
+    def set(self, on: bool) -> None:
+        """Drive the output to ``on`` (the active level) or off."""
+
+    @property
+    @abc.abstractmethod
+    def is_on(self) -> bool:
+        """The level read back from the pin, as on/off."""
+
+
+class Input(Driver):
+    """A binary input. Subclasses *must* implement :attr:`is_on` and :meth:`on_change`."""
+
+    @property
+    @abc.abstractmethod
+    def is_on(self) -> bool:
+        """The debounced state now."""
+
+    @abc.abstractmethod
+    def on_change(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(is_on)`` on every debounced edge, from the driver's own thread."""
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """The registry's view of one driver."""
+
+    name: str
+    kind: Literal["sensor", "output", "input"]
+    summary: str
+    options: type[Options]
+    #: Opens the driver on real or simulated hardware.
+    open: Callable[[Any, Hardware], Driver]
+    #: Installs an emulator into simulated hardware so that :attr:`open` finds a device.
+    emulate: Callable[[Any, SimulatedHardware], None]
+    quantities: Mapping[str, Quantity] = field(default_factory=dict)
+    min_interval_s: float = 0.0
+    #: A commented YAML sample printed by ``edge-agent drivers``.
+    sample: str = ""

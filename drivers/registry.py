@@ -1,0 +1,25 @@
+"""Every driver the agent knows, by name. Adding a driver adds one line here."""
+
+from __future__ import annotations
+
+from drivers import system
+from drivers.base import DriverSpec
+
+DRIVERS: dict[str, DriverSpec] = {
+    spec.name: spec
+    for spec in (
+        system.SPEC,
+    )
+}
+
+
+def sensors() -> list[DriverSpec]:
+    return [s for s in DRIVERS.values() if s.kind == "sensor"]
+
+
+def outputs() -> list[DriverSpec]:
+    return [s for s in DRIVERS.values() if s.kind == "output"]
+
+
+def inputs() -> list[DriverSpec]:
+    return [s for s in DRIVERS.values() if s.kind == "input"]

@@ -1,0 +1,1 @@
+"""Emulated hardware for ``--simulate`` and for tests: buses and files, never driver code."""
