@@ -24,8 +24,19 @@ import msgspec
 if TYPE_CHECKING:
     from drivers.hardware import Hardware, SimulatedHardware
 
-#: Seconds, after the agent's config layer has parsed "10s", "5m", ... into a number.
-Seconds = Annotated[float, msgspec.Meta(ge=0, extra={"duration": True})]
+#: JSON Schema of a duration: seconds as a number, or a string such as "500ms", "10s", "7d".
+DURATION_JSON_SCHEMA = {
+    "type": ["number", "string"],
+    "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d)\s*$",
+}
+#: Seconds. The agent's config layer accepts "500ms", "10s", "5m", "1h", "7d" for these.
+Seconds = Annotated[
+    float, msgspec.Meta(ge=0, extra={"duration": True}, extra_json_schema=DURATION_JSON_SCHEMA)
+]
+#: Seconds, strictly positive.
+PositiveSeconds = Annotated[
+    float, msgspec.Meta(gt=0, extra={"duration": True}, extra_json_schema=DURATION_JSON_SCHEMA)
+]
 #: A simulated value: a constant, or ``[lo, hi]`` for a bounded random walk.
 SimulatedValue = float | Annotated[list[float], msgspec.Meta(min_length=2, max_length=2)]
 
@@ -54,7 +65,8 @@ class SensorOptions(Options, frozen=True, tag_field="driver"):
     interval: Seconds = 10.0
     qos: Annotated[int, msgspec.Meta(ge=0, le=2)] = 1
     retain: bool = False
-    timeout: Annotated[float, msgspec.Meta(gt=0, extra={"duration": True})] | None = None
+    #: Longest a read may take before it is abandoned; default: the interval, at most 10 s.
+    timeout: PositiveSeconds | None = None
     simulation: Simulation = Simulation()
 
 

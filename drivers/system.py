@@ -12,7 +12,7 @@ from typing import Annotated
 
 import msgspec
 
-from drivers.base import DriverSpec, Quantity, Sensor, SensorOptions
+from drivers.base import DriverSpec, Quantity, Seconds, Sensor, SensorOptions
 from drivers.errors import DeviceNotFound, TransientError
 from drivers.hardware import Hardware, SimulatedHardware
 from drivers.sim.signal import SimulatedSignal
@@ -37,7 +37,7 @@ QUANTITIES = {
 class SystemOptions(SensorOptions, frozen=True, tag="system"):
     """Options of the ``system`` driver."""
 
-    interval: Annotated[float, msgspec.Meta(ge=0, extra={"duration": True})] = 60.0
+    interval: Seconds = 60.0
     thermal_zone: Annotated[int, msgspec.Meta(ge=0)] = 0
     disk_path: str = "/"
 
@@ -112,12 +112,16 @@ def emulate_system(options: SystemOptions, hardware: SimulatedHardware) -> None:
     mem = SimulatedSignal(sim.get("memory_used", [20.0, 40.0]))
     thermal = hardware.path(f"/sys/class/thermal/thermal_zone{options.thermal_zone}/temp")
     hardware.serve_attr(thermal, lambda: f"{round(temp.next() * 1000)}\n")
-    hardware.serve_attr(hardware.path("/proc/loadavg"), lambda: f"{load.next():.2f} 0.50 0.40 1/123 4567\n")
+    hardware.serve_attr(
+        hardware.path("/proc/loadavg"), lambda: f"{load.next():.2f} 0.50 0.40 1/123 4567\n"
+    )
     total = 512000
 
     def meminfo() -> str:
         available = round(total * (1 - mem.next() / 100))
-        return f"MemTotal:       {total} kB\nMemFree:        1000 kB\nMemAvailable:   {available} kB\n"
+        return (
+            f"MemTotal:       {total} kB\nMemFree:        1000 kB\nMemAvailable:   {available} kB\n"
+        )
 
     hardware.serve_attr(hardware.path("/proc/meminfo"), meminfo)
     started = os.times().elapsed

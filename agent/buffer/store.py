@@ -1,0 +1,513 @@
+"""The durable store-and-forward queue and the persistent per-sensor sequence counters.
+
+One SQLite file (default ``<state_dir>/buffer.db``) holds two tables: ``messages``, the
+queue of MQTT messages waiting for the broker, and ``seq_blocks``, the reservations that
+keep each sensor's ``seq`` increasing across restarts (CONTRACT section 5 and 6).
+
+Why SQLite in WAL mode: a committed transaction is atomic, and the file is never corrupt
+after a crash, a ``kill -9`` or a power cut as long as journaling and syncing stay on.
+Nothing here turns them off.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+__all__ = ["SCHEMA_VERSION", "MessageStore", "QueuedMessage", "SequenceStore"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 1
+"""The ``PRAGMA user_version`` this code writes and understands."""
+
+# One entry per schema version: _MIGRATIONS[n] takes a database from version n to n + 1.
+# Append, never edit: a released migration has already run on someone's Pi.
+_MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE messages (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a late delete(id) is safe
+        topic   TEXT    NOT NULL,
+        payload BLOB    NOT NULL,
+        qos     INTEGER NOT NULL,
+        sensor  TEXT    NOT NULL,
+        seq     INTEGER NOT NULL,
+        ts      REAL    NOT NULL                    -- sample time, unix seconds
+    );
+    CREATE INDEX messages_ts ON messages (ts);
+    CREATE TABLE seq_blocks (
+        sensor         TEXT    PRIMARY KEY,
+        reserved_up_to INTEGER NOT NULL             -- first seq not yet reserved
+    ) WITHOUT ROWID;
+    """,
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+_CORRUPTION_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_SQLITE_HEADER: Final = b"SQLite format 3\x00"
+_TRANSACTION_SYNC: Final = "FULL"
+_DELETE_SYNC: Final = "NORMAL"
+
+
+class _Unusable(Exception):
+    """Internal: the file at open is not a database this code can use (moved aside)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """One MQTT message waiting in the buffer.
+
+    Attributes:
+        topic: The full MQTT topic.
+        payload: The encoded payload, exactly as it will be published.
+        qos: The MQTT QoS to publish with.
+        sensor: The sensor's name, or ``""`` for a message that is not a reading.
+        seq: The reading's ``seq``, or 0 for a message that has none.
+        ts: The sample time in unix seconds; ``max_age`` is measured from it.
+        id: The row id, assigned by :meth:`MessageStore.put`; 0 before that. Ids grow with
+            insertion order and are never reused.
+    """
+
+    topic: str
+    payload: bytes
+    qos: int
+    sensor: str
+    seq: int
+    ts: float
+    id: int = 0
+
+
+class MessageStore:
+    """A bounded, durable FIFO of MQTT messages in one SQLite file.
+
+    Durability: WAL mode with ``synchronous=FULL`` for everything that adds data (``put``
+    and sequence reservations), so a transaction that has returned is on the medium and
+    survives a power cut. ``synchronous=NORMAL`` would also never corrupt the file but may
+    lose the last transactions when the power goes, which for a buffer means losing
+    readings. Deletes (after PUBACK) are committed with ``synchronous=NORMAL``: losing one
+    to a power cut only replays an already delivered message, which QoS 1 permits anyway,
+    and the next FULL commit makes it durable too (the WAL is synced as a whole).
+
+    Cost on an SD card: each call is one transaction, i.e. one WAL append and, for ``put``,
+    one fsync. Callers batch: put a flush's worth of messages at once and delete acked ids
+    in batches, instead of one call per message. Nothing writes while there is nothing to
+    do: :meth:`enforce_limits` on a store within its limits only reads.
+
+    Limits: after every ``put`` (in the same transaction) and on :meth:`enforce_limits`,
+    messages whose ``ts`` is older than ``max_age_s`` are dropped, then the oldest by
+    insertion order until at most ``max_messages`` remain. :meth:`pop_dropped` reports how
+    many went, for the "buffer dropping" event.
+
+    Recovery: a file that is not a usable database at open (garbage, a corrupt page, or a
+    schema newer than this code) is renamed to ``<name>.corrupt-<UTC time>`` (or
+    ``<name>.schema-v<N>-<UTC time>``), together with its ``-wal`` and ``-shm`` files, and a
+    fresh store is created; :attr:`recovered_from` then names the moved file. Errors of
+    the operating system (permissions, a missing or read-only file system, a lock held by
+    another process) are raised: moving the file would not fix them.
+
+    Threading: every method takes one lock, so the store may be shared between threads,
+    though it is meant for the agent's event-loop thread. Calls block for the length of a
+    transaction (an fsync on ``put``); run them in an executor if that matters.
+
+    Attributes:
+        path: The database file.
+        max_messages: The most messages kept.
+        max_age_s: The oldest sample time kept, in seconds before now.
+        recovered_from: Where an unusable file found at open was moved, else None.
+        sequences: The persistent per-sensor ``seq`` counters, in the same database.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_messages: int = 100_000,
+        max_age_s: float = 7 * 86400,
+        clock: Callable[[], float] = time.time,
+        seq_block: int = 1000,
+    ) -> None:
+        """Open (creating or migrating if needed) the store at ``path``.
+
+        Args:
+            path: The database file; its directory is created if missing.
+            max_messages: The most messages kept; the oldest beyond it are dropped.
+            max_age_s: Messages whose sample time is older than this are dropped.
+            clock: Returns the current unix time; injectable for tests.
+            seq_block: How many ``seq`` values :attr:`sequences` reserves per disk write.
+
+        Raises:
+            ValueError: A limit is not positive.
+            sqlite3.OperationalError: The file cannot be opened (permissions, locked).
+            OSError: The directory cannot be created or an unusable file cannot be moved.
+        """
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, not {max_messages}")
+        if not max_age_s > 0:
+            raise ValueError(f"max_age_s must be positive, not {max_age_s}")
+        self.path = Path(path)
+        self.max_messages = max_messages
+        self.max_age_s = max_age_s
+        self.recovered_from: Path | None = None
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._dropped = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = self._connect()
+        except _Unusable as exc:
+            self.recovered_from = self._move_aside(exc.reason)
+            log.error(
+                "buffer %s was unusable (%s); moved to %s and started empty",
+                self.path,
+                exc,
+                self.recovered_from,
+            )
+            self._conn = self._connect()
+        self._closed = False
+        self._depth: int = self._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        self.sequences = SequenceStore(self, block_size=seq_block)
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open, check and migrate the file; raise _Unusable if it is not a usable store."""
+        # Garbage is recognised before SQLite opens it: SQLite would otherwise adopt, and on
+        # close delete, a -wal file lying beside it, which belongs in the moved-aside copy.
+        try:
+            with self.path.open("rb") as f:
+                header = f.read(len(_SQLITE_HEADER))
+        except FileNotFoundError:
+            header = b""
+        if header and header != _SQLITE_HEADER:
+            raise _Unusable("corrupt", "file is not a database (bad header)")
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {_TRANSACTION_SYNC}")
+                # Truncate the WAL back to this size after a checkpoint (a long outage can
+                # grow it); it is otherwise left at its largest size.
+                conn.execute("PRAGMA journal_size_limit = 4194304")
+                problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise _Unusable("corrupt", "; ".join(str(p) for p in problems))
+                self._migrate(conn)
+            except sqlite3.DatabaseError as exc:
+                if exc.sqlite_errorcode & 0xFF in _CORRUPTION_CODES:
+                    raise _Unusable("corrupt", str(exc)) from exc
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise _Unusable(
+                f"schema-v{version}",
+                f"schema version {version} is newer than this agent's {SCHEMA_VERSION}",
+            )
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for script in _MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _move_aside(self, reason: str) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
+        base = self.path.with_name(f"{self.path.name}.{reason}-{stamp}")
+        aside, n = base, 1
+        while aside.exists():
+            n += 1
+            aside = base.with_name(f"{base.name}.{n}")
+        self.path.rename(aside)
+        # A stale WAL must go with its file: SQLite would replay it into the new one.
+        for suffix in ("-wal", "-shm"):
+            companion = self.path.with_name(self.path.name + suffix)
+            if companion.exists():
+                companion.rename(aside.with_name(aside.name + suffix))
+        return aside
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"message store {self.path} is closed")
+
+    @contextmanager
+    def _transaction(self, *, sync: str = _TRANSACTION_SYNC) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock, committed with the given sync level."""
+        with self._lock:
+            self._check_open()
+            conn = self._conn
+            if sync != _TRANSACTION_SYNC:
+                conn.execute(f"PRAGMA synchronous = {sync}")
+            # The in-memory counters follow the transaction: restored if it is rolled back.
+            depth, dropped = self._depth, self._dropped
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    self._depth, self._dropped = depth, dropped
+                    raise
+            finally:
+                if sync != _TRANSACTION_SYNC:
+                    conn.execute(f"PRAGMA synchronous = {_TRANSACTION_SYNC}")
+
+    # -- the queue -----------------------------------------------------------------------
+
+    def put(self, messages: Sequence[QueuedMessage]) -> list[int]:
+        """Append messages durably, in order, in one transaction; then apply the limits.
+
+        Args:
+            messages: The messages to queue; their ``id`` is ignored.
+
+        Returns:
+            The new row ids, in the order of ``messages``. A message that the limits drop
+            at once (already too old, or more messages than ``max_messages``) still has
+            its id here; deleting it later is harmless.
+        """
+        if not messages:
+            with self._lock:
+                self._check_open()
+            return []
+        ids: list[int] = []
+        with self._transaction() as conn:
+            for m in messages:
+                cursor = conn.execute(
+                    "INSERT INTO messages (topic, payload, qos, sensor, seq, ts)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (m.topic, m.payload, m.qos, m.sensor, m.seq, m.ts),
+                )
+                assert cursor.lastrowid is not None
+                ids.append(cursor.lastrowid)
+            self._depth += len(ids)
+            self._enforce_limits_locked(conn)
+        return ids
+
+    def take(self, limit: int, *, after_id: int = 0) -> list[QueuedMessage]:
+        """Return up to ``limit`` of the oldest messages, without removing them.
+
+        Messages come in insertion order, so each sensor's readings keep their order.
+
+        Args:
+            limit: The most messages to return.
+            after_id: Only messages with a greater id: lets a caller with messages in
+                flight fetch the next ones without fetching those again.
+        """
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute(
+                "SELECT topic, payload, qos, sensor, seq, ts, id FROM messages"
+                " WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, max(limit, 0)),
+            ).fetchall()
+        return [QueuedMessage(*row) for row in rows]
+
+    def delete(self, ids: Iterable[int]) -> None:
+        """Remove delivered messages (after PUBACK); unknown ids are ignored.
+
+        Pass a batch: each call is one transaction. It is committed without an fsync of
+        its own (see the class docstring): after a power cut a deleted message may come
+        back once, which is a duplicate, never a loss.
+        """
+        params = [(i,) for i in ids]
+        if not params:
+            with self._lock:
+                self._check_open()
+            return
+        with self._transaction(sync=_DELETE_SYNC) as conn:
+            before = conn.total_changes
+            conn.executemany("DELETE FROM messages WHERE id = ?", params)
+            self._depth -= conn.total_changes - before
+
+    def enforce_limits(self) -> int:
+        """Drop expired messages, then the oldest beyond ``max_messages``.
+
+        Writes nothing when nothing is to be dropped, so it may be called periodically
+        without wearing the SD card.
+
+        Returns:
+            How many messages this call dropped (also added to :meth:`pop_dropped`).
+        """
+        with self._lock:
+            self._check_open()
+            if not self._over_limits():
+                return 0
+            with self._transaction() as conn:
+                return self._enforce_limits_locked(conn)
+
+    def _over_limits(self) -> bool:
+        if self._depth > self.max_messages:
+            return True
+        oldest = self._oldest_ts_locked()
+        return oldest is not None and oldest < self._clock() - self.max_age_s
+
+    def _enforce_limits_locked(self, conn: sqlite3.Connection) -> int:
+        before = conn.total_changes
+        conn.execute("DELETE FROM messages WHERE ts < ?", (self._clock() - self.max_age_s,))
+        expired = conn.total_changes - before
+        self._depth -= expired
+        excess = max(self._depth - self.max_messages, 0)
+        if excess:
+            before = conn.total_changes
+            conn.execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?)",
+                (excess,),
+            )
+            excess = conn.total_changes - before
+            self._depth -= excess
+        dropped = expired + excess
+        self._dropped += dropped
+        return dropped
+
+    def pop_dropped(self) -> int:
+        """Return how many messages the limits dropped since the last call, and reset."""
+        with self._lock:
+            dropped, self._dropped = self._dropped, 0
+        return dropped
+
+    def depth(self) -> int:
+        """Return how many messages are queued (kept in memory: no disk access)."""
+        with self._lock:
+            self._check_open()
+            return self._depth
+
+    def oldest_ts(self) -> float | None:
+        """Return the oldest sample time queued, or None when the queue is empty."""
+        with self._lock:
+            self._check_open()
+            return self._oldest_ts_locked()
+
+    def _oldest_ts_locked(self) -> float | None:
+        if self._depth == 0:
+            return None
+        value: float | None = self._conn.execute("SELECT MIN(ts) FROM messages").fetchone()[0]
+        return value
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Persist the sequence counters' exact positions and close the file; idempotent.
+
+        After a clean close the next start continues every ``seq`` without a gap.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self.sequences._release()
+            finally:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"depth={self._depth}"
+        return f"<MessageStore {str(self.path)!r} {state}>"
+
+
+class SequenceStore:
+    """Per-sensor ``seq`` counters that never repeat, not even after a crash.
+
+    A hi/lo allocator: the database holds, per sensor, ``reserved_up_to``, the first value
+    not yet reserved. :meth:`next` hands out values from memory and writes (durably, before
+    handing any of them out) a new reservation only once every ``block_size`` calls, so a
+    sensor read every 10 s costs one small write every few hours instead of one per
+    reading. A clean :meth:`MessageStore.close` writes back the exact next value, so a
+    normal restart leaves no gap. After a crash the counter continues from the
+    reservation: it may skip up to ``block_size - 1`` values, but never repeats one.
+    Consumers see a gap (which they treat as possibly lost readings), never a duplicate.
+
+    Obtain it as :attr:`MessageStore.sequences`; it shares the store's connection and lock.
+    """
+
+    def __init__(self, store: MessageStore, *, block_size: int = 1000) -> None:
+        """Attach to an open store.
+
+        Args:
+            store: The store whose database holds the reservations.
+            block_size: How many values one reservation write covers.
+        """
+        if block_size < 1:
+            raise ValueError(f"block_size must be at least 1, not {block_size}")
+        self.block_size = block_size
+        self._store = store
+        self._next: dict[str, int] = {}
+        self._limit: dict[str, int] = {}
+
+    def next(self, sensor: str) -> int:
+        """Return the sensor's next ``seq`` (the first ever is 1)."""
+        store = self._store
+        with store._lock:
+            store._check_open()
+            if sensor not in self._next:
+                row = store._conn.execute(
+                    "SELECT reserved_up_to FROM seq_blocks WHERE sensor = ?", (sensor,)
+                ).fetchone()
+                start = int(row[0]) if row else 1
+                self._next[sensor] = self._limit[sensor] = start
+            value = self._next[sensor]
+            if value >= self._limit[sensor]:
+                self._write(sensor, value + self.block_size)
+                self._limit[sensor] = value + self.block_size
+            self._next[sensor] = value + 1
+            return value
+
+    def _write(self, sensor: str, reserved_up_to: int) -> None:
+        with self._store._transaction() as conn:
+            conn.execute(
+                "INSERT INTO seq_blocks (sensor, reserved_up_to) VALUES (?, ?)"
+                " ON CONFLICT (sensor) DO UPDATE SET reserved_up_to = excluded.reserved_up_to",
+                (sensor, reserved_up_to),
+            )
+
+    def _release(self) -> None:
+        """Write back every counter's exact next value (on clean close)."""
+        unused = [(s, n) for s, n in self._next.items() if n < self._limit[s]]
+        if not unused:
+            return
+        with self._store._transaction() as conn:
+            conn.executemany(
+                "UPDATE seq_blocks SET reserved_up_to = ? WHERE sensor = ?",
+                [(n, s) for s, n in unused],
+            )
+        for s, n in unused:
+            self._limit[s] = n

@@ -1,0 +1,213 @@
+"""``edge-agent``: the command line (CONTRACT section 2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from agent import __version__
+from agent.config.load import LoadedConfig, default_config_path, load_config
+from agent.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd's RestartPreventExitStatus uses it
+
+log = logging.getLogger("agent")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``edge-agent`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {
+        "run": cmd_run,
+        "check": cmd_check,
+        "read": cmd_read,
+        "drivers": cmd_drivers,
+        "schema": cmd_schema,
+        "demo": cmd_demo,
+    }[args.command]
+    try:
+        return handler(args)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent", description="Sensor telemetry agent for the Raspberry Pi."
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def config_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-c",
+            "--config",
+            type=Path,
+            default=None,
+            help="config file (default: $EDGE_AGENT_CONFIG or /etc/edge-agent/config.yaml)",
+        )
+
+    run = sub.add_parser("run", help="run the daemon")
+    config_arg(run)
+    run.add_argument("--simulate", action="store_true", help="use emulated hardware")
+    check = sub.add_parser("check", help="validate the config")
+    config_arg(check)
+    read = sub.add_parser("read", help="read sensors once and print one JSON reading per line")
+    config_arg(read)
+    read.add_argument("--simulate", action="store_true", help="use emulated hardware")
+    read.add_argument("sensors", nargs="*", metavar="SENSOR", help="default: every sensor")
+    sub.add_parser("drivers", help="list drivers, their quantities and options")
+    sub.add_parser("schema", help="print the JSON Schema of the config")
+    demo = sub.add_parser("demo", help="private broker + simulated agent + live view")
+    demo.add_argument("-c", "--config", type=Path, default=None, help="default: config/demo.yaml")
+    demo.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _load(path: Path | None) -> LoadedConfig:
+    return load_config(path or default_config_path())
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    setup_logging(loaded.config.log_level)
+    from agent.runtime.daemon import Agent
+
+    agent = Agent(loaded, simulate=args.simulate)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await agent.run(stop)
+
+    try:
+        asyncio.run(run())
+    except Exception:
+        log.exception("edge-agent stopped on an unexpected error")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    c = loaded.config
+    print(
+        f"{loaded.path}: OK: device {c.device_id}, {len(c.sensors)} sensors, "
+        f"{len(c.outputs)} outputs, {len(c.inputs)} inputs, broker "
+        f"{c.mqtt.host}:{c.mqtt.effective_port} (MQTT {c.mqtt.protocol}"
+        f"{', TLS' if c.mqtt.tls else ''})"
+    )
+    return EXIT_OK
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    from agent.mqtt.payloads import Reading, round_to_resolution
+    from agent.runtime.hardware_setup import guarded_open, make_hardware, spec_of
+    from drivers.base import Sensor
+    from drivers.errors import DriverError
+
+    loaded = _load(args.config)
+    config = loaded.config
+    unknown = [name for name in args.sensors if name not in config.sensors]
+    if unknown:
+        print(f"no such sensor: {', '.join(unknown)}", file=sys.stderr)
+        return EXIT_FAILURE
+    names = args.sensors or list(config.sensors)
+    hardware = make_hardware(config, simulate=args.simulate)
+    failed = 0
+    try:
+        for seq, name in enumerate(names, start=1):
+            options = config.sensors[name]
+            spec = spec_of(options)
+            ts = time.time()
+            try:
+                driver = guarded_open(spec, options, hardware)
+                assert isinstance(driver, Sensor)
+                with driver:
+                    raw = driver.read()
+            except (DriverError, OSError) as e:
+                failed += 1
+                print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
+                continue
+            values = {
+                q: round_to_resolution(v, spec.quantities[q].resolution)
+                if q in spec.quantities
+                else v
+                for q, v in raw.items()
+            }
+            reading = Reading(sensor=name, ts=ts, seq=seq, values=values)
+            print(reading.encode().decode())
+    finally:
+        hardware.close()
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_drivers(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from drivers.registry import DRIVERS
+
+    for spec in DRIVERS.values():
+        print(f"{spec.name} ({spec.kind}): {spec.summary}")
+        if spec.quantities:
+            print("  quantities:")
+            for name, q in spec.quantities.items():
+                unit = f" [{q.unit}]" if q.unit else ""
+                print(f"    {name}{unit}, resolution {q.resolution:g}: {q.description}")
+        print("  options (default):")
+        for f in msgspec.structs.fields(spec.options):
+            default = "required" if f.required else json.dumps(_default(f))
+            print(f"    {f.encode_name}: {default}")
+        if spec.sample:
+            print("  sample:")
+            print(textwrap.indent(spec.sample.rstrip(), "    "))
+        print()
+    return EXIT_OK
+
+
+def _default(field: object) -> object:
+    import msgspec
+
+    f = field
+    assert isinstance(f, msgspec.structs.FieldInfo)
+    value = f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
+    return msgspec.to_builtins(value)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from agent.config.schema import config_schema
+
+    print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return run_demo(config=args.config, duration=args.duration)

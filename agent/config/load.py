@@ -1,0 +1,141 @@
+"""Reading a config file: YAML -> validated, immutable :class:`Config`, or every problem."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from agent.config.model import Config
+from agent.config.validate import INVALID, Problems, convert, format_path
+from agent.config.yamlsource import KeyPath, Source, YAMLSyntaxError, parse
+from agent.errors import ConfigError, ConfigProblem
+from drivers.registry import DRIVERS
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config and where it came from."""
+
+    config: Config
+    path: Path
+    sha256: str
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``$EDGE_AGENT_CONFIG``, else ``/etc/edge-agent/config.yaml``."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("EDGE_AGENT_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Load and validate ``path``.
+
+    Raises:
+        ConfigError: listing every problem as ``FILE:LINE: key.path: message``.
+    """
+    file = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError([ConfigProblem(file, None, "", f"cannot read: {e.strerror}")]) from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([ConfigProblem(file, None, "", "not UTF-8 text")]) from e
+    config = parse_config(text, file=file, base_dir=path.parent, environ=environ)
+    return LoadedConfig(config=config, path=path, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def parse_config(
+    text: str, *, file: str, base_dir: Path, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate config ``text``; relative file paths in it are taken from ``base_dir``."""
+    try:
+        source = parse(text, file=file, environ=environ)
+    except YAMLSyntaxError as e:
+        raise ConfigError([ConfigProblem(file, e.line, "", f"invalid YAML: {e}")]) from e
+    problems = Problems()
+    for path, _line, message in source.problems:
+        problems.add(path, message)
+    if source.data is None or source.data == {}:
+        source.data = {}
+    config = convert(source.data, Config, (), problems)
+    if config is not INVALID and not problems.items:
+        _check_references(config, problems)
+        config = _resolve(config, base_dir, problems)
+    if problems.items:
+        raise ConfigError(_located(source, problems))
+    assert isinstance(config, Config)
+    return config
+
+
+def _check_references(config: Config, problems: Problems) -> None:
+    for name, output in config.outputs.items():
+        for i, other in enumerate(output.interlock):
+            if other == name:
+                problems.add(("outputs", name, "interlock", i), "an output cannot interlock itself")
+            elif other not in config.outputs:
+                problems.add(("outputs", name, "interlock", i), f"no output named {other!r}")
+    for name, sensor in config.sensors.items():
+        spec = DRIVERS[sensor.__struct_config__.tag]  # type: ignore[index]
+        if sensor.interval < spec.min_interval_s:
+            problems.add(
+                ("sensors", name, "interval"),
+                f"{spec.name} cannot be read more often than every {spec.min_interval_s:g}s",
+            )
+        if sensor.interval <= 0:
+            problems.add(("sensors", name, "interval"), "must be greater than 0")
+        unknown = set(sensor.simulation.values) - set(spec.quantities)
+        for quantity in sorted(unknown):
+            problems.add(
+                ("sensors", name, "simulation", "values", quantity),
+                f"{spec.name} has no quantity {quantity!r}; it has {', '.join(spec.quantities)}",
+            )
+
+
+def _resolve(config: Config, base_dir: Path, problems: Problems) -> Config:
+    """Fill defaults that depend on the machine, and read referenced files."""
+    mqtt = config.mqtt
+    if mqtt.password_file is not None:
+        secret = base_dir / mqtt.password_file
+        try:
+            password = secret.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as e:
+            problems.add(("mqtt", "password_file"), f"cannot read {secret}: {e.strerror}")
+        else:
+            mqtt = msgspec.structs.replace(mqtt, password=password)
+    if mqtt.tls is not None:
+        for key in ("ca_certs", "certfile", "keyfile"):
+            value = getattr(mqtt.tls, key)
+            if value is not None and not (base_dir / value).is_file():
+                problems.add(("mqtt", "tls", key), f"no such file: {base_dir / value}")
+        if (mqtt.tls.certfile is None) != (mqtt.tls.keyfile is None):
+            problems.add(("mqtt", "tls"), "certfile and keyfile go together")
+    device_id = config.device_id or default_device_id()
+    return msgspec.structs.replace(config, mqtt=mqtt, device_id=device_id)
+
+
+def default_device_id() -> str:
+    """The hostname, reduced to the characters a topic level may safely hold."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0]) or "edge-agent"
+
+
+def _located(source: Source, problems: Problems) -> list[ConfigProblem]:
+    out = []
+    for path, message in problems.items:
+        line = source.line_of(path)
+        out.append(ConfigProblem(source.file, line, format_path(path), message))
+    out.sort(key=lambda p: p.line or 0)
+    return out
+
+
+__all__ = ["ConfigError", "KeyPath", "LoadedConfig", "default_config_path", "load_config"]

@@ -1,0 +1,136 @@
+"""The config file's shape: typed, immutable, strict.
+
+Each driver's own options live beside the driver (``drivers/*.py``); here they are joined
+into tagged unions on ``driver:`` so the JSON Schema and validation cover them all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal, Union
+
+import msgspec
+
+from drivers import registry
+from drivers.base import (
+    InputOptions,
+    Options,
+    OutputOptions,
+    PositiveSeconds,
+    Seconds,
+    SensorOptions,
+)
+
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=64)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+if TYPE_CHECKING:
+    SensorConfig = SensorOptions
+    OutputConfig = OutputOptions
+    InputConfig = InputOptions
+else:
+    SensorConfig = Union[tuple(s.options for s in registry.sensors()) or (SensorOptions,)]  # noqa: UP007
+    OutputConfig = Union[tuple(s.options for s in registry.outputs()) or (OutputOptions,)]  # noqa: UP007
+    InputConfig = Union[tuple(s.options for s in registry.inputs()) or (InputOptions,)]  # noqa: UP007
+
+
+class TLSConfig(Options, frozen=True):
+    """TLS to the broker. Present means TLS; there is never a plaintext fallback."""
+
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    #: Skip the hostname check. Never the default.
+    insecure: bool = False
+
+
+class ReconnectConfig(Options, frozen=True):
+    """Exponential reconnect backoff with full jitter."""
+
+    min_delay: PositiveSeconds = 1.0
+    max_delay: PositiveSeconds = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_delay < self.min_delay:
+            raise ValueError("max_delay must not be below min_delay")
+
+
+class MQTTConfig(Options, frozen=True):
+    """The broker connection."""
+
+    host: Annotated[str, msgspec.Meta(min_length=1)] = "localhost"
+    #: Default 1883, or 8883 with TLS.
+    port: Port | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    keepalive: Annotated[int, msgspec.Meta(ge=5, le=65535)] = 30
+    topic_prefix: Annotated[
+        str, msgspec.Meta(pattern=r"^[^#+/\x00]+(/[^#+/\x00]+)*$", min_length=1)
+    ] = "edge"
+    session_expiry: Seconds = 3600.0
+    tls: TLSConfig | None = None
+    reconnect: ReconnectConfig = ReconnectConfig()
+
+    def __post_init__(self) -> None:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+
+    @property
+    def effective_port(self) -> int:
+        """The port to connect to, after the TLS-dependent default."""
+        if self.port is not None:
+            return self.port
+        return 8883 if self.tls is not None else 1883
+
+
+class BufferConfig(Options, frozen=True):
+    """Store-and-forward of readings while the broker is unreachable."""
+
+    path: str | None = None
+    max_messages: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] = 100_000
+    max_age: PositiveSeconds = 7 * 86400.0
+    durability: Literal["offline", "always"] = "offline"
+
+
+class CommandsConfig(Options, frozen=True):
+    """How remote commands are judged."""
+
+    max_age: PositiveSeconds = 30.0
+
+
+class HomeAssistantConfig(Options, frozen=True):
+    """Home Assistant MQTT discovery."""
+
+    discovery: bool = False
+    prefix: Annotated[str, msgspec.Meta(pattern=r"^[^#+\x00]+$")] = "homeassistant"
+
+
+class HealthConfig(Options, frozen=True):
+    """The local HTTP health endpoint."""
+
+    #: "127.0.0.1:9108" serves /healthz and /metrics; null: no endpoint.
+    listen: (
+        Annotated[str, msgspec.Meta(pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}$")] | None
+    ) = None
+    #: How often <base>/health is published.
+    publish_interval: PositiveSeconds = 60.0
+
+
+class Config(Options, frozen=True):
+    """The whole config file."""
+
+    #: Default: the hostname, reduced to [A-Za-z0-9_-].
+    device_id: Name | None = None
+    simulate: bool = False
+    state_dir: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    mqtt: MQTTConfig = MQTTConfig()
+    buffer: BufferConfig = BufferConfig()
+    commands: CommandsConfig = CommandsConfig()
+    sensors: dict[Name, SensorConfig] = {}
+    outputs: dict[Name, OutputConfig] = {}
+    inputs: dict[Name, InputConfig] = {}
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    health: HealthConfig = HealthConfig()

@@ -1,0 +1,200 @@
+"""Turns parsed YAML into typed config objects, collecting *every* problem with its path.
+
+msgspec stops at the first error and reports dictionary keys as ``[...]``; users need all
+their mistakes at once, each with the line and the full key path (``sensors.air.interval``).
+So this walks the target type field by field: structs, tagged unions on ``driver``, dicts,
+sequences and ``X | None`` are walked here; leaves are checked by ``msgspec.convert``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Union, get_args, get_origin
+
+import msgspec
+
+from agent.config.durations import parse_duration
+from agent.config.yamlsource import KeyPath
+
+_MSGSPEC_SUFFIX = re.compile(r" - at `\$[^`]*`$")
+
+
+@dataclass
+class Problems:
+    """Problems found so far, by key path."""
+
+    items: list[tuple[KeyPath, str]] = field(default_factory=list)
+
+    def add(self, path: KeyPath, message: str) -> None:
+        self.items.append((path, message))
+
+
+class _Invalid:
+    """Marks a value that failed validation, so the walk can go on."""
+
+
+INVALID: Any = _Invalid()
+
+
+def format_path(path: KeyPath) -> str:
+    """``("sensors", "air", "interval")`` -> ``sensors.air.interval``; indices as ``[0]``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def convert(value: Any, tp: Any, path: KeyPath, problems: Problems) -> Any:
+    """``value`` as an instance of ``tp``, or :data:`INVALID` with problems recorded."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _leaf(_maybe_duration(value, tp, path, problems), tp, path, problems)
+    if origin in (Union, types.UnionType):
+        return _union(value, tp, path, problems)
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        if tp.__struct_config__.tag_field is not None:
+            return _tagged(value, [tp], path, problems)
+        return _struct(value, tp, path, problems)
+    if origin is dict:
+        key_tp, value_tp = get_args(tp)
+        if not isinstance(value, dict):
+            problems.add(path, f"expected a mapping, got {_kind(value)}")
+            return INVALID
+        out = {}
+        for key, item in value.items():
+            checked_key = _leaf(key, key_tp, path + (key,), problems)
+            out[key] = convert(item, value_tp, path + (key,), problems)
+            if checked_key is INVALID:
+                out[key] = INVALID
+        return out
+    if origin in (list, tuple) and not (origin is tuple and len(get_args(tp)) != 2):
+        (item_tp, *_) = get_args(tp)
+        if not isinstance(value, list):
+            problems.add(path, f"expected a list, got {_kind(value)}")
+            return INVALID
+        items = [convert(item, item_tp, path + (i,), problems) for i, item in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    return _leaf(value, tp, path, problems)
+
+
+def is_valid(value: Any) -> bool:
+    """True when nothing inside ``value`` failed."""
+    if value is INVALID:
+        return False
+    if isinstance(value, dict):
+        return all(is_valid(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(is_valid(v) for v in value)
+    return True
+
+
+def _struct(value: Any, tp: type[msgspec.Struct], path: KeyPath, problems: Problems) -> Any:
+    if not isinstance(value, dict):
+        problems.add(path, f"expected a mapping, got {_kind(value)}")
+        return INVALID
+    info = msgspec.structs.fields(tp)
+    by_name = {f.encode_name: f for f in info}
+    tag_field = tp.__struct_config__.tag_field
+    hints = typing.get_type_hints(tp, include_extras=True)
+    kwargs: dict[str, Any] = {}
+    ok = True
+    for key, item in value.items():
+        if key == tag_field:
+            continue
+        f = by_name.get(key)
+        if f is None:
+            problems.add(path + (key,), f"unknown key{_suggest(key, list(by_name))}")
+            ok = False
+            continue
+        converted = convert(item, hints[f.name], path + (key,), problems)
+        ok = ok and is_valid(converted)
+        kwargs[f.name] = converted
+    for f in info:
+        if f.required and f.encode_name not in value:
+            problems.add(path, f"missing required key `{f.encode_name}`")
+            ok = False
+    if not ok:
+        return INVALID
+    try:
+        return tp(**kwargs)
+    except (ValueError, TypeError) as e:
+        problems.add(path, str(e))
+        return INVALID
+
+
+def _union(value: Any, tp: Any, path: KeyPath, problems: Problems) -> Any:
+    members = [m for m in get_args(tp) if m is not type(None)]
+    if value is None and len(members) < len(get_args(tp)):
+        return None
+    structs = [m for m in members if isinstance(m, type) and issubclass(m, msgspec.Struct)]
+    if structs and len(structs) == len(members):
+        return _tagged(value, structs, path, problems)
+    if len(members) == 1:
+        return convert(value, members[0], path, problems)
+    return _leaf(value, tp, path, problems)
+
+
+def _tagged(value: Any, structs: list[Any], path: KeyPath, problems: Problems) -> Any:
+    if not isinstance(value, dict):
+        problems.add(path, f"expected a mapping, got {_kind(value)}")
+        return INVALID
+    tag_field = structs[0].__struct_config__.tag_field
+    by_tag = {s.__struct_config__.tag: s for s in structs}
+    tag = value.get(tag_field)
+    if tag is None:
+        problems.add(path, f"missing required key `{tag_field}` (one of {', '.join(by_tag)})")
+        return INVALID
+    target = by_tag.get(tag)
+    if target is None:
+        problems.add(
+            path + (tag_field,),
+            f"unknown {tag_field} {tag!r}{_suggest(str(tag), list(by_tag))}; "
+            f"known: {', '.join(by_tag)}",
+        )
+        return INVALID
+    return _struct(value, target, path, problems)
+
+
+def _maybe_duration(value: Any, tp: Any, path: KeyPath, problems: Problems) -> Any:
+    for meta in get_args(tp)[1:]:
+        if isinstance(meta, msgspec.Meta) and meta.extra and meta.extra.get("duration"):
+            try:
+                return parse_duration(value)
+            except ValueError as e:
+                problems.add(path, str(e))
+                return INVALID
+    return value
+
+
+def _leaf(value: Any, tp: Any, path: KeyPath, problems: Problems) -> Any:
+    if value is INVALID:
+        return INVALID
+    try:
+        return msgspec.convert(value, tp, strict=True)
+    except msgspec.ValidationError as e:
+        problems.add(path, _humane(_MSGSPEC_SUFFIX.sub("", str(e)), value))
+        return INVALID
+
+
+def _humane(message: str, value: Any) -> str:
+    message = message.replace("Expected `", "expected `")
+    if message.startswith("expected"):
+        message = message.split(", got `")[0] + f", got {value!r}"
+    return message.replace("Invalid enum value", "expected one of the listed values, got")
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )

@@ -1,0 +1,80 @@
+"""``edge-agent demo``: a private broker, the agent on simulated hardware, a live view."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from agent.config.load import load_config
+from agent.demo.broker import BrokerUnavailable, PrivateBroker
+from agent.demo.liveview import LiveView
+
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
+
+
+def run_demo(*, config: Path | None = None, duration: float | None = None) -> int:
+    """Run the demo until Ctrl-C (or for ``duration`` seconds); stop everything it started."""
+    config = config or DEMO_CONFIG
+    if not config.exists():
+        print(f"demo config not found: {config} (pass -c FILE)", file=sys.stderr)
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
+    broker = PrivateBroker(workdir=workdir / "broker")
+    env = dict(
+        os.environ,
+        EDGE_AGENT_DEMO_PORT=str(broker.port),
+        EDGE_AGENT_DEMO_STATE_DIR=str(workdir / "state"),
+    )
+    loaded = load_config(config, environ=env)  # errors surface here, before anything starts
+    base = f"{loaded.config.mqtt.topic_prefix}/{loaded.config.device_id}"
+    try:
+        broker.start()
+    except BrokerUnavailable as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--simulate", "-c", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "agent.log", "wb"),  # noqa: SIM115 - closed with the process
+    )
+    view = LiveView(host="127.0.0.1", port=broker.port, topic_filter=f"{base}/#")
+    view.start()
+    started = time.monotonic()
+    header = (
+        f"edge-agent demo - broker 127.0.0.1:{broker.port}, device {base}, "
+        f"simulated hardware. Ctrl-C stops everything.\n"
+        f"Try: mosquitto_pub -p {broker.port} -t {base}/output/fan/set -m toggle"
+    )
+    status = 0
+    try:
+        while duration is None or time.monotonic() - started < duration:
+            if agent.poll() is not None:
+                print(f"the agent exited with {agent.returncode}; see {workdir}/agent.log")
+                status = 1
+                break
+            view.draw(header)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(10)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+        time.sleep(0.2)
+        view.draw(header + "\n(stopped)")
+        view.stop()
+        broker.close()
+        if agent.stderr:
+            agent.stderr.close()
+    print(f"demo stopped; the agent's log is in {workdir}/agent.log")
+    return status

@@ -1,0 +1,68 @@
+"""A live terminal view of everything a device publishes: the latest value of each topic."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+class LiveView:
+    """Subscribes to ``topic_filter`` and keeps the latest payload of every topic."""
+
+    def __init__(self, *, host: str, port: int, topic_filter: str) -> None:
+        self.topic_filter = topic_filter
+        self.latest: dict[str, tuple[str, float, bool]] = {}
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=paho.MQTTv5)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.connect_async(host, port, 30)
+
+    def _on_connect(self, client: paho.Client, *args: Any) -> None:
+        client.subscribe(self.topic_filter, qos=1)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        text = msg.payload.decode("utf-8", errors="replace")
+        with self._lock:
+            self.latest[msg.topic] = (text, time.time(), bool(msg.retain))
+            self.counts[msg.topic] = self.counts.get(msg.topic, 0) + 1
+
+    def start(self) -> None:
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def render(self, header: str) -> str:
+        """One screen: a header, then topic, message count, age and payload per line."""
+        width = shutil.get_terminal_size((120, 40)).columns
+        now = time.time()
+        lines = [
+            header,
+            "",
+            f"{'topic':<44} {'msgs':>5} {'age':>6}  payload",
+            "-" * min(width, 120),
+        ]
+        with self._lock:
+            for topic in sorted(self.latest):
+                text, at, retained = self.latest[topic]
+                age = f"{now - at:5.1f}s"
+                flag = "R" if retained else " "
+                line = f"{topic:<44} {self.counts[topic]:>5} {age:>6} {flag}{text}"
+                lines.append(line[:width])
+        if len(lines) == 4:
+            lines.append("(waiting for messages...)")
+        return "\n".join(lines)
+
+    def draw(self, header: str, out: TextIO = sys.stdout) -> None:
+        clear = "\x1b[H\x1b[2J" if out.isatty() else ""
+        out.write(clear + self.render(header) + "\n")
+        out.flush()

@@ -1,0 +1,74 @@
+"""Payload codecs (CONTRACT sections 4 and 5): pure functions of their inputs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+_encoder = msgspec.json.Encoder()
+
+
+def iso_ts(unix_s: float) -> str:
+    """UTC ISO 8601 with milliseconds and ``Z``: ``2026-11-23T04:11:27.123Z``."""
+    moment = datetime.fromtimestamp(unix_s, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_iso_ts(text: str) -> float:
+    """Unix seconds from an ISO 8601 time; a time without offset is taken as UTC.
+
+    Raises:
+        ValueError: not an ISO 8601 time.
+    """
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def round_to_resolution(value: float, resolution: float) -> float:
+    """``value`` rounded to the decimals that ``resolution`` implies (0.01 -> 2 decimals).
+
+    Rounding to decimals rather than to multiples keeps e.g. 21.53 from printing as
+    21.530000000000001; a resolution of 1/1024 rounds to 3 decimals, not to 0.0009765625.
+    """
+    if not math.isfinite(value) or resolution <= 0:
+        return value
+    exponent = Decimal(repr(resolution)).normalize().as_tuple().exponent
+    decimals = max(0, -exponent) if isinstance(exponent, int) else 0
+    if resolution >= 1:
+        return float(round(value / resolution) * resolution)
+    return round(value, decimals)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One sample of one sensor."""
+
+    sensor: str
+    ts: float
+    seq: int
+    values: dict[str, float]
+    replayed: bool = False
+
+    def encode(self) -> bytes:
+        """The JSON payload of CONTRACT section 5."""
+        body: dict[str, Any] = {
+            "sensor": self.sensor,
+            "ts": iso_ts(self.ts),
+            "seq": self.seq,
+            "values": self.values,
+        }
+        if self.replayed:
+            body["replayed"] = True
+        return _encoder.encode(body)
+
+
+def encode_json(body: Any) -> bytes:
+    """Compact JSON bytes."""
+    return _encoder.encode(body)

@@ -1,0 +1,1 @@
+"""The running daemon: wiring config, hardware, sampling and MQTT together."""

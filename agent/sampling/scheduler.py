@@ -1,0 +1,270 @@
+"""Drift-free sampling of every sensor, off the event loop, with failure tracking.
+
+Reading k of a sensor is due at ``t0 + k * interval`` on the monotonic clock, so slow
+reads never make the schedule drift, and a read that overruns skips the slots it missed
+instead of bursting to catch up. Sensors that share an interval start spread in phase.
+Each read runs in a worker thread - one per bus (``Driver.resource``), so reads on one
+bus are serialised and a hung I2C read stalls neither other buses nor MQTT - under a
+timeout. Transient errors are retried with backoff inside the interval; a sensor that
+keeps failing is reported failed, retried every few minutes, and reported again when it
+recovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.events import Event, EventSink, RateLimiter
+from agent.mqtt.payloads import Reading, round_to_resolution
+from drivers.base import DriverSpec, Sensor, SensorOptions
+from drivers.errors import DriverError, PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+#: Consecutive failed intervals before a sensor is reported failed.
+FAILURES_BEFORE_FAILED = 3
+#: How often a failed sensor is tried again, at most.
+FAILED_RETRY_S = 120.0
+
+
+class SequenceSource(Protocol):
+    """Hands out ``seq`` numbers per sensor, kept across restarts."""
+
+    def next(self, sensor: str) -> int: ...
+
+
+class MemorySequence:
+    """``seq`` numbers that start from 1 at every start (for ``edge-agent read``)."""
+
+    def __init__(self) -> None:
+        self._seq: dict[str, int] = {}
+
+    def next(self, sensor: str) -> int:
+        self._seq[sensor] = self._seq.get(sensor, 0) + 1
+        return self._seq[sensor]
+
+
+@dataclass
+class SensorSlot:
+    """One configured sensor and what is known of it."""
+
+    name: str
+    spec: DriverSpec
+    options: SensorOptions
+    open: Callable[[], Sensor]
+    driver: Sensor | None = None
+    failed: bool = False
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_values: dict[str, float] = field(default_factory=dict)
+    last_ts: float | None = None
+    reads: int = 0
+    errors: int = 0
+    #: When a failed sensor is tried next (monotonic seconds).
+    retry_at: float = 0.0
+
+    @property
+    def timeout_s(self) -> float:
+        if self.options.timeout is not None:
+            return self.options.timeout
+        return min(max(self.options.interval, 1.0), 10.0)
+
+
+class Scheduler:
+    """Samples every sensor on its own interval until cancelled.
+
+    Args:
+        slots: the sensors.
+        emit: receives every successful reading, on the event loop.
+        report: receives events (sensor failed/recovered, read errors, rate-limited).
+        sequence: hands out ``seq`` numbers.
+        failed_retry_s: how often a failed sensor is tried again.
+    """
+
+    def __init__(
+        self,
+        *,
+        slots: list[SensorSlot],
+        emit: Callable[[Reading, SensorSlot], None],
+        report: EventSink,
+        sequence: SequenceSource,
+        failed_retry_s: float = FAILED_RETRY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.slots = slots
+        self.failed_retry_s = failed_retry_s
+        self._emit = emit
+        self._report = report
+        self._sequence = sequence
+        self._clock = clock
+        self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+        self._limiter = RateLimiter(60.0)
+        #: Lateness of every read start behind its due time, in seconds (for benchmarks).
+        self.lateness: list[float] = []
+        self.record_lateness = False
+
+    def _executor(self, slot: SensorSlot) -> concurrent.futures.ThreadPoolExecutor:
+        key = slot.driver.resource if slot.driver and slot.driver.resource else f"s:{slot.name}"
+        ex = self._executors.get(key)
+        if ex is None:
+            ex = self._executors[key] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"read-{key}"
+            )
+        return ex
+
+    def phases(self) -> dict[str, float]:
+        """Start offset of each sensor: sensors sharing an interval are spread evenly."""
+        groups: dict[float, list[SensorSlot]] = {}
+        for slot in self.slots:
+            groups.setdefault(slot.options.interval, []).append(slot)
+        offsets = {}
+        for interval, members in groups.items():
+            for i, slot in enumerate(members):
+                offsets[slot.name] = interval * i / len(members)
+        return offsets
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        t0 = self._clock()
+        phases = self.phases()
+        tasks = [
+            asyncio.create_task(self._sample(slot, t0 + phases[slot.name]), name=slot.name)
+            for slot in self.slots
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        """Stop the worker threads (a hung read is abandoned, not waited for)."""
+        for ex in self._executors.values():
+            ex.shutdown(wait=False, cancel_futures=True)
+        self._executors.clear()
+
+    async def _sample(self, slot: SensorSlot, t0: float) -> None:
+        interval = slot.options.interval
+        k = 0
+        while True:
+            due = t0 + k * interval
+            now = self._clock()
+            if due < now - interval * 0.5:
+                k = math.ceil((now - t0) / interval)
+                due = t0 + k * interval
+            if due > now:
+                await asyncio.sleep(due - now)
+            if self.record_lateness:
+                self.lateness.append(self._clock() - due)
+            k += 1
+            if slot.failed and self._clock() < slot.retry_at:
+                continue
+            await self._sample_once(slot, deadline=due + interval * 0.9)
+
+    async def _sample_once(self, slot: SensorSlot, *, deadline: float) -> None:
+        ts = time.time()
+        delay = 0.1
+        while True:
+            try:
+                values = await self._read(slot)
+            except TransientError as e:
+                if self._clock() + delay < deadline and not slot.failed:
+                    await asyncio.sleep(delay)
+                    delay *= 2
+                    continue
+                self._failure(slot, e, permanent=False)
+                return
+            except PermanentError as e:
+                self._failure(slot, e, permanent=True)
+                return
+            self._success(slot, ts, values)
+            return
+
+    async def _read(self, slot: SensorSlot) -> dict[str, float]:
+        loop = asyncio.get_running_loop()
+        if slot.driver is None:
+            slot.driver = await asyncio.wait_for(
+                loop.run_in_executor(self._executor(slot), _open_sensor, slot), slot.timeout_s
+            )
+        driver = slot.driver
+        future = loop.run_in_executor(self._executor(slot), _read_sensor, driver)
+        try:
+            return await asyncio.wait_for(future, slot.timeout_s)
+        except TimeoutError:
+            raise TransientError(f"read did not finish within {slot.timeout_s:g}s") from None
+
+    def _success(self, slot: SensorSlot, ts: float, raw: dict[str, float]) -> None:
+        values = {}
+        for quantity, value in raw.items():
+            q = slot.spec.quantities.get(quantity)
+            values[quantity] = round_to_resolution(value, q.resolution) if q else value
+        slot.reads += 1
+        slot.consecutive_failures = 0
+        slot.last_values = values
+        slot.last_ts = ts
+        if slot.failed:
+            slot.failed = False
+            self._report(
+                Event(
+                    "sensor_recovered",
+                    f"sensor {slot.name} reads again",
+                    "info",
+                    {"sensor": slot.name},
+                )
+            )
+        slot.last_error = None
+        reading = Reading(
+            sensor=slot.name, ts=ts, seq=self._sequence.next(slot.name), values=values
+        )
+        self._emit(reading, slot)
+
+    def _failure(self, slot: SensorSlot, error: DriverError, *, permanent: bool) -> None:
+        slot.errors += 1
+        slot.consecutive_failures += 1
+        slot.last_error = f"{type(error).__name__}: {error}"
+        fields = {"sensor": slot.name, "error": type(error).__name__}
+        if permanent and slot.driver is not None:
+            _close_quietly(slot.driver)
+            slot.driver = None
+        retry_s = max(slot.options.interval, self.failed_retry_s)
+        slot.retry_at = self._clock() + retry_s
+        if not slot.failed and (permanent or slot.consecutive_failures >= FAILURES_BEFORE_FAILED):
+            slot.failed = True
+            self._report(
+                Event(
+                    "sensor_failed",
+                    f"sensor {slot.name} failed: {error}; retrying every {retry_s:g}s",
+                    "error",
+                    fields,
+                )
+            )
+        elif not slot.failed and self._limiter.allow(f"read_error:{slot.name}"):
+            self._report(Event("read_error", f"sensor {slot.name}: {error}", "warning", fields))
+
+
+def _open_sensor(slot: SensorSlot) -> Sensor:
+    return slot.open()
+
+
+def _read_sensor(driver: Sensor) -> dict[str, float]:
+    try:
+        return driver.read()
+    except DriverError:
+        raise
+    except OSError as e:  # a driver that let a bus error through
+        raise TransientError(str(e)) from e
+
+
+def _close_quietly(driver: Sensor) -> None:
+    try:
+        driver.close()
+    except (DriverError, OSError) as e:
+        log.warning("closing driver: %s", e)
