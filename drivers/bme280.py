@@ -1,0 +1,1052 @@
+"""Bosch BME280 (temperature, humidity, pressure) and BMP280 (temperature, pressure) over I2C.
+
+Both chips share one register map, so one class does the work and the two public classes
+differ only in the chip ids they accept and whether humidity exists.
+
+Every :meth:`~BME280.read` is one *forced-mode* measurement: write the settings, trigger,
+wait the datasheet's typical conversion time, poll the ``measuring`` bit until it clears
+(giving up after the datasheet's maximum time plus a margin), burst-read the ADC values and
+compensate them with Bosch's integer formulas. The chip sleeps between reads, which is the
+datasheet's recommended "weather monitoring" use (section 3.5.1).
+
+The compensation formulas are pure functions of a :class:`Calibration` and the raw counts,
+so they are tested against the datasheet's worked example without any bus. The emulator
+(:class:`EmulatedBME280`) runs them backwards to produce raw counts, so ``--simulate`` gives
+back the configured physical values through the real driver code.
+
+Resolution and rounding: the integer formulas return 0.01 °C, 1/256 Pa and 1/1024 %RH, but
+the chips resolve no better than 0.01 °C, 0.18 Pa (BME280; 0.16 Pa BMP280) and 0.008 %RH
+(datasheet tables 1-3, at the highest oversampling). Each value is rounded to the fewest
+decimals whose step is not coarser than that resolution: temperature to 0.01 °C, humidity to
+0.001 %RH and pressure to 0.001 hPa (0.1 Pa). A fourth pressure decimal would only print
+fixed-point noise; a second one (0.01 hPa = 1 Pa) would throw away what the chip resolves.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, ClassVar, Final, Literal, Protocol
+
+import msgspec
+
+from drivers.base import DriverSpec, Quantity, Sensor, SensorOptions
+from drivers.errors import (
+    BusError,
+    ChecksumError,
+    HardwareConfigError,
+    ImplausibleReading,
+    MeasurementTimeout,
+    WrongDevice,
+)
+from drivers.hardware import Hardware, SimulatedHardware
+from drivers.sim.signal import SimulatedSignal
+
+# --------------------------------------------------------------------------------------------
+# Registers (BME280 datasheet section 5.3; the BMP280 has the same map without humidity).
+
+REG_CALIB_TP: Final = 0x88  # 0x88..0x9F dig_T1..dig_P9, 0xA1 dig_H1
+REG_CALIB_H: Final = 0xE1  # 0xE1..0xE7 dig_H2..dig_H6
+REG_CHIP_ID: Final = 0xD0
+REG_RESET: Final = 0xE0
+REG_CTRL_HUM: Final = 0xF2
+REG_STATUS: Final = 0xF3
+REG_CTRL_MEAS: Final = 0xF4
+REG_CONFIG: Final = 0xF5
+REG_DATA: Final = 0xF7  # press_msb .. hum_lsb
+
+RESET_COMMAND: Final = 0xB6
+STATUS_MEASURING: Final = 0x08
+STATUS_IM_UPDATE: Final = 0x01
+MODE_FORCED: Final = 0b01
+
+BME280_CHIP_ID: Final = 0x60
+#: 0x58 in production; early BMP280 samples report 0x56 or 0x57.
+BMP280_CHIP_IDS: Final = frozenset({0x56, 0x57, 0x58})
+
+#: What a chip writes to the data registers of a skipped measurement.
+SKIPPED_20BIT: Final = 0x80000
+SKIPPED_16BIT: Final = 0x8000
+
+#: Oversampling factor -> register code (osrs_x[2:0]); 0 skips the measurement.
+OVERSAMPLING_CODES: Final[Mapping[int, int]] = {0: 0, 1: 1, 2: 2, 4: 3, 8: 4, 16: 5}
+#: IIR filter coefficient -> register code (filter[2:0]); 0 is off.
+FILTER_CODES: Final[Mapping[int, int]] = {0: 0, 2: 1, 4: 2, 8: 3, 16: 4}
+
+#: Start-up time after a soft reset before the chip answers reliably (datasheet table 1).
+_STARTUP_S: Final = 0.002
+#: How long the NVM copy (``im_update``) may take after a reset before we give up.
+_NVM_COPY_TIMEOUT_S: Final = 0.05
+_POLL_INTERVAL_S: Final = 0.0005
+#: Margin on the datasheet's maximum measurement time: Linux sleeps overshoot.
+_TIMEOUT_FACTOR: Final = 1.25
+_TIMEOUT_EXTRA_S: Final = 0.005
+
+
+# --------------------------------------------------------------------------------------------
+# Quantities, resolution and rounding.
+
+
+def decimals_for(resolution: float) -> int:
+    """The fewest decimals whose step is not coarser than ``resolution`` (0.0018 -> 3).
+
+    Rounding to this many decimals loses nothing the chip resolves and prints no digits
+    that are pure fixed-point noise.
+    """
+    return max(0, math.ceil(-math.log10(resolution) - 1e-9))
+
+
+QUANTITIES: Final[Mapping[str, Quantity]] = {
+    "temperature": Quantity("°C", 0.01, "air temperature", "temperature"),
+    "humidity": Quantity("%", 0.008, "relative humidity", "humidity"),
+    "pressure": Quantity(
+        "hPa", 0.0018, "absolute air pressure (not sea level)", "atmospheric_pressure"
+    ),
+}
+BMP280_QUANTITIES: Final[Mapping[str, Quantity]] = {
+    "temperature": QUANTITIES["temperature"],
+    "pressure": Quantity(
+        "hPa", 0.0016, "absolute air pressure (not sea level)", "atmospheric_pressure"
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration and compensation: pure functions, the datasheet's integer code.
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """The trimming parameters burnt into each chip (datasheet ``dig_T1`` ... ``dig_H6``).
+
+    A BMP280 has no humidity parameters; they stay 0 and are never used.
+    """
+
+    dig_t1: int
+    dig_t2: int
+    dig_t3: int
+    dig_p1: int
+    dig_p2: int
+    dig_p3: int
+    dig_p4: int
+    dig_p5: int
+    dig_p6: int
+    dig_p7: int
+    dig_p8: int
+    dig_p9: int
+    dig_h1: int = 0
+    dig_h2: int = 0
+    dig_h3: int = 0
+    dig_h4: int = 0
+    dig_h5: int = 0
+    dig_h6: int = 0
+
+
+#: Registers 0x88..0x9F: dig_T1 is unsigned, dig_T2/T3 signed, dig_P1 unsigned, the rest signed.
+_TP_FORMAT: Final = struct.Struct("<HhhHhhhhhhhh")
+#: Registers 0xE1..0xE7: dig_H2 (s16), dig_H3 (u8), three bytes holding H4/H5, dig_H6 (s8).
+_H_FORMAT: Final = struct.Struct("<hBBBBb")
+#: Bytes 0x88..0xA1 read at once on a BME280 (0xA0 is reserved, 0xA1 is dig_H1).
+CALIB_TP_LENGTH: Final = 26
+
+
+def _signed12(value: int) -> int:
+    """Sign-extend a 12-bit two's-complement value."""
+    return value - 0x1000 if value & 0x800 else value
+
+
+def decode_calibration(block_88: bytes, block_e1: bytes | None = None) -> Calibration:
+    """Decode the calibration registers.
+
+    Args:
+        block_88: registers 0x88.. on: 24 bytes (to 0x9F) for a BMP280, 26 (to 0xA1, which
+            holds dig_H1) for a BME280.
+        block_e1: registers 0xE1..0xE7 of a BME280, or ``None`` for a BMP280.
+
+    dig_H4 and dig_H5 are 12-bit *signed* values packed across nibbles (H4 = E4[7:0] E5[3:0],
+    H5 = E6[7:0] E5[7:4]); they are sign-extended from bit 11, which drivers that treat them
+    as unsigned get wrong for every chip with a negative value.
+
+    Raises:
+        ValueError: a block has the wrong length.
+    """
+    if len(block_88) not in (24, CALIB_TP_LENGTH):
+        raise ValueError(f"calibration block 0x88 must be 24 or 26 bytes, got {len(block_88)}")
+    t_p = Calibration(*_TP_FORMAT.unpack(block_88[:24]))
+    if block_e1 is None:
+        return t_p
+    if len(block_88) != CALIB_TP_LENGTH:
+        raise ValueError("a BME280's calibration block 0x88 must be 26 bytes (to dig_H1)")
+    if len(block_e1) != _H_FORMAT.size:
+        raise ValueError(f"calibration block 0xE1 must be 7 bytes, got {len(block_e1)}")
+    h2, h3, e4, e5, e6, h6 = _H_FORMAT.unpack(block_e1)
+    return replace(
+        t_p,
+        dig_h1=block_88[25],
+        dig_h2=h2,
+        dig_h3=h3,
+        dig_h4=_signed12((e4 << 4) | (e5 & 0x0F)),
+        dig_h5=_signed12((e6 << 4) | (e5 >> 4)),
+        dig_h6=h6,
+    )
+
+
+def encode_calibration(cal: Calibration) -> tuple[bytes, bytes]:
+    """The register bytes that :func:`decode_calibration` turns back into ``cal``.
+
+    Returns:
+        ``(block_88, block_e1)``: 26 bytes for 0x88..0xA1 and 7 bytes for 0xE1..0xE7.
+
+    Raises:
+        ValueError: a parameter does not fit its register width.
+    """
+    for name in ("dig_h4", "dig_h5"):
+        if not -0x800 <= getattr(cal, name) <= 0x7FF:
+            raise ValueError(f"{name} must fit 12 signed bits, got {getattr(cal, name)}")
+    if not 0 <= cal.dig_h1 <= 0xFF:
+        raise ValueError(f"dig_h1 must fit 8 unsigned bits, got {cal.dig_h1}")
+    try:
+        t_p = _TP_FORMAT.pack(
+            cal.dig_t1, cal.dig_t2, cal.dig_t3, cal.dig_p1, cal.dig_p2, cal.dig_p3,
+            cal.dig_p4, cal.dig_p5, cal.dig_p6, cal.dig_p7, cal.dig_p8, cal.dig_p9,
+        )  # fmt: skip
+        h4, h5 = cal.dig_h4 & 0xFFF, cal.dig_h5 & 0xFFF
+        e5 = ((h5 & 0x0F) << 4) | (h4 & 0x0F)
+        humidity = _H_FORMAT.pack(cal.dig_h2, cal.dig_h3, h4 >> 4, e5, h5 >> 4, cal.dig_h6)
+    except struct.error as e:
+        raise ValueError(f"calibration does not fit its registers: {e}") from e
+    return t_p + bytes([0, cal.dig_h1]), humidity
+
+
+def compensate_temperature(cal: Calibration, adc_t: int) -> tuple[int, int]:
+    """``BME280_compensate_T_int32`` (BME280 datasheet 4.2.3, BMP280 3.11.3).
+
+    Returns:
+        ``(temperature, t_fine)``: temperature in 0.01 °C (2508 is 25.08 °C), and the fine
+        temperature that pressure and humidity compensation need.
+    """
+    var1 = (((adc_t >> 3) - (cal.dig_t1 << 1)) * cal.dig_t2) >> 11
+    delta = (adc_t >> 4) - cal.dig_t1
+    var2 = (((delta * delta) >> 12) * cal.dig_t3) >> 14
+    t_fine = var1 + var2
+    return (t_fine * 5 + 128) >> 8, t_fine
+
+
+def _c_div(numerator: int, denominator: int) -> int:
+    """C's integer division, which truncates towards zero (Python's ``//`` floors)."""
+    quotient = abs(numerator) // abs(denominator)
+    return quotient if (numerator < 0) == (denominator < 0) else -quotient
+
+
+def compensate_pressure(cal: Calibration, t_fine: int, adc_p: int) -> int:
+    """``BME280_compensate_P_int64`` (BME280 datasheet 4.2.3, BMP280 3.11.3).
+
+    Returns:
+        Pressure in Pa as Q24.8 (1/256 Pa: 24674867 is 96386.2 Pa), or 0 when the
+        calibration would divide by zero, as the datasheet's code does.
+    """
+    var1 = t_fine - 128000
+    var2 = var1 * var1 * cal.dig_p6
+    var2 = var2 + ((var1 * cal.dig_p5) << 17)
+    var2 = var2 + (cal.dig_p4 << 35)
+    var1 = ((var1 * var1 * cal.dig_p3) >> 8) + ((var1 * cal.dig_p2) << 12)
+    var1 = (((1 << 47) + var1) * cal.dig_p1) >> 33
+    if var1 == 0:
+        return 0
+    p = 1048576 - adc_p
+    p = _c_div(((p << 31) - var2) * 3125, var1)
+    var1 = (cal.dig_p9 * (p >> 13) * (p >> 13)) >> 25
+    var2 = (cal.dig_p8 * p) >> 19
+    return ((p + var1 + var2) >> 8) + (cal.dig_p7 << 4)
+
+
+def compensate_humidity(cal: Calibration, t_fine: int, adc_h: int) -> int:
+    """``bme280_compensate_H_int32`` (BME280 datasheet 4.2.3).
+
+    Returns:
+        Relative humidity as Q22.10 (1/1024 %RH: 47445 is 46.333 %RH), clamped to 0..100 %.
+    """
+    x = t_fine - 76800
+    x = ((((adc_h << 14) - (cal.dig_h4 << 20) - (cal.dig_h5 * x)) + 16384) >> 15) * (
+        (
+            (((((x * cal.dig_h6) >> 10) * (((x * cal.dig_h3) >> 11) + 32768)) >> 10) + 2097152)
+            * cal.dig_h2
+            + 8192
+        )
+        >> 14
+    )
+    x = x - (((((x >> 15) * (x >> 15)) >> 7) * cal.dig_h1) >> 4)
+    x = min(max(x, 0), 419430400)
+    return x >> 12
+
+
+def typical_measurement_s(temperature: int, pressure: int, humidity: int) -> float:
+    """Typical forced-mode conversion time for these oversampling factors (0 = skipped).
+
+    BME280 datasheet 9.1; it also matches the BMP280's table 13.
+    """
+    ms = 1.0 + 2.0 * temperature
+    ms += 2.0 * pressure + 0.5 if pressure else 0.0
+    ms += 2.0 * humidity + 0.5 if humidity else 0.0
+    return ms / 1000.0
+
+
+def max_measurement_s(temperature: int, pressure: int, humidity: int) -> float:
+    """Maximum forced-mode conversion time for these oversampling factors (datasheet 9.1)."""
+    ms = 1.25 + 2.3 * temperature
+    ms += 2.3 * pressure + 0.575 if pressure else 0.0
+    ms += 2.3 * humidity + 0.575 if humidity else 0.0
+    return ms / 1000.0
+
+
+# --------------------------------------------------------------------------------------------
+# The bus: a two-method transport, and one lock per bus object.
+
+
+class SMBusLike(Protocol):
+    """The part of :class:`smbus2.SMBus` the driver uses."""
+
+    def read_byte_data(self, i2c_addr: int, register: int, /) -> int: ...
+
+    def write_byte_data(self, i2c_addr: int, register: int, value: int, /) -> None: ...
+
+    def read_i2c_block_data(self, i2c_addr: int, register: int, length: int, /) -> list[int]: ...
+
+
+_bus_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_bus_locks_strong: dict[int, tuple[Any, threading.Lock]] = {}
+_bus_locks_guard = threading.Lock()
+
+
+def bus_lock(bus: object) -> threading.Lock:
+    """The lock every driver holds while it talks to ``bus``.
+
+    One ``smbus2.SMBus`` is shared by every chip on the bus, and it keeps the target
+    address as per-file state (``ioctl(I2C_SLAVE)`` then the transfer), so two threads
+    using it at once can send one chip's bytes to the other. Holding this lock for a whole
+    measurement also keeps a trigger-wait-read sequence in one piece.
+    """
+    with _bus_locks_guard:
+        try:
+            lock = _bus_locks.get(bus)
+            if lock is None:
+                lock = _bus_locks[bus] = threading.Lock()
+        except TypeError:  # not weak-referenceable: keep it alive instead
+            entry = _bus_locks_strong.get(id(bus))
+            if entry is None:
+                entry = _bus_locks_strong[id(bus)] = (bus, threading.Lock())
+            lock = entry[1]
+        return lock
+
+
+class _Registers:
+    """A chip's register file on an SMBus, with every bus failure turned into BusError.
+
+    Writes are one byte each: in I2C mode the BME280 takes register/value *pairs* and does
+    not auto-increment on writes (datasheet 6.2.1), so a block write would be wrong.
+    """
+
+    def __init__(self, bus: SMBusLike, address: int, name: str) -> None:
+        self._bus = bus
+        self._address = address
+        self._name = name
+
+    def read(self, register: int, length: int = 1) -> bytes:
+        try:
+            if length == 1:
+                return bytes([self._bus.read_byte_data(self._address, register)])
+            data = bytes(self._bus.read_i2c_block_data(self._address, register, length))
+        except OSError as e:
+            raise self._error(e, "reading", register) from e
+        if len(data) != length:
+            raise BusError(
+                f"{self._name}: reading register 0x{register:02X}: "
+                f"got {len(data)} bytes, wanted {length}"
+            )
+        return data
+
+    def write(self, register: int, value: int) -> None:
+        try:
+            self._bus.write_byte_data(self._address, register, value)
+        except OSError as e:
+            raise self._error(e, "writing", register) from e
+
+    def _error(self, e: OSError, doing: str, register: int) -> BusError:
+        # NACK (EREMOTEIO), EIO and ETIMEDOUT are what a real i2c-dev returns; anything else
+        # (EBADF after close, ENXIO from a flaky adapter) is still a failed transaction.
+        reason = e.strerror or str(e)
+        message = f"{self._name}: {doing} register 0x{register:02X}: {reason}"
+        return BusError(e.errno, message) if e.errno is not None else BusError(message)
+
+
+# --------------------------------------------------------------------------------------------
+# The driver.
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    adc_t: int
+    adc_p: int
+    adc_h: int | None
+
+
+class _BoschSensor(Sensor):
+    """BME280 and BMP280: one code path, parametrised by the class attributes below."""
+
+    chip: ClassVar[str]
+    chip_ids: ClassVar[frozenset[int]]
+    has_humidity: ClassVar[bool]
+    quantities: ClassVar[Mapping[str, Quantity]]
+
+    def __init__(
+        self,
+        *,
+        bus: SMBusLike,
+        address: int,
+        temperature_oversampling: int,
+        pressure_oversampling: int,
+        humidity_oversampling: int,
+        iir_filter: int,
+        resource: str | None,
+        measurement_timeout_s: float | None,
+    ) -> None:
+        for what, value in (
+            ("temperature_oversampling", temperature_oversampling),
+            ("pressure_oversampling", pressure_oversampling),
+            ("humidity_oversampling", humidity_oversampling),
+        ):
+            if value not in OVERSAMPLING_CODES:
+                raise HardwareConfigError(f"{what} must be 0, 1, 2, 4, 8 or 16, not {value}")
+        if temperature_oversampling == 0:
+            # Pressure and humidity compensation need t_fine from this very measurement.
+            raise HardwareConfigError("temperature_oversampling cannot be 0 (skipped)")
+        if iir_filter not in FILTER_CODES:
+            raise HardwareConfigError(f"iir_filter must be 0, 2, 4, 8 or 16, not {iir_filter}")
+        self.address = address
+        self.resource = resource
+        self._name = f"{self.chip} at 0x{address:02X}" + (f" on {resource}" if resource else "")
+        self._regs = _Registers(bus, address, self._name)
+        self._lock = bus_lock(bus)
+        self._closed = False
+        self._oversampling = (
+            temperature_oversampling,
+            pressure_oversampling,
+            humidity_oversampling,
+        )
+        self._ctrl_hum = OVERSAMPLING_CODES[humidity_oversampling]
+        self._ctrl_meas = (
+            OVERSAMPLING_CODES[temperature_oversampling] << 5
+            | OVERSAMPLING_CODES[pressure_oversampling] << 2
+            | MODE_FORCED
+        )
+        self._config = FILTER_CODES[iir_filter] << 2
+        self._typical_s = typical_measurement_s(*self._oversampling)
+        self._max_s = max_measurement_s(*self._oversampling)
+        self._timeout_s = (
+            measurement_timeout_s
+            if measurement_timeout_s is not None
+            else self._max_s * _TIMEOUT_FACTOR + _TIMEOUT_EXTRA_S
+        )
+        with self._lock:
+            self.chip_id = self._check_chip_id()
+            self._reset()
+            self.calibration = self._read_calibration()
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _check_chip_id(self) -> int:
+        found = self._regs.read(REG_CHIP_ID)[0]
+        if found not in self.chip_ids:
+            hint = ""
+            if found == BME280_CHIP_ID:
+                hint = " (that is a BME280: use driver bme280)"
+            elif found in BMP280_CHIP_IDS:
+                hint = " (that is a BMP280: use driver bmp280)"
+            wanted = " or ".join(f"0x{i:02X}" for i in sorted(self.chip_ids))
+            raise WrongDevice(
+                f"{self._name}: chip id is 0x{found:02X}, a {self.chip} has {wanted}{hint}"
+            )
+        return found
+
+    def _reset(self) -> None:
+        """Soft reset, then wait for the NVM copy so the calibration registers are valid."""
+        self._regs.write(REG_RESET, RESET_COMMAND)
+        time.sleep(_STARTUP_S)
+        deadline = time.monotonic() + _NVM_COPY_TIMEOUT_S
+        while self._regs.read(REG_STATUS)[0] & STATUS_IM_UPDATE:
+            if time.monotonic() >= deadline:
+                raise MeasurementTimeout(
+                    f"{self._name}: NVM copy still running {_NVM_COPY_TIMEOUT_S * 1000:.0f} ms"
+                    " after reset"
+                )
+            time.sleep(_POLL_INTERVAL_S)
+
+    def _read_calibration(self) -> Calibration:
+        if self.has_humidity:
+            cal = decode_calibration(
+                self._regs.read(REG_CALIB_TP, CALIB_TP_LENGTH), self._regs.read(REG_CALIB_H, 7)
+            )
+        else:
+            cal = decode_calibration(self._regs.read(REG_CALIB_TP, 24))
+        if cal.dig_t1 == 0 or cal.dig_p1 == 0:
+            # All-zero (or erased) NVM would divide by zero in the pressure formula.
+            raise ChecksumError(f"{self._name}: calibration data is blank: {cal}")
+        return cal
+
+    # -- measuring --------------------------------------------------------------------------
+
+    def read(self) -> dict[str, float]:
+        """One forced-mode measurement.
+
+        Returns:
+            ``temperature`` (°C), ``humidity`` (%RH, BME280 only) and ``pressure`` (hPa,
+            absolute), each rounded to the chip's resolution. A quantity whose oversampling
+            is 0 is left out.
+
+        Raises:
+            BusError: a transaction failed (NACK, EIO, ETIMEDOUT, ...).
+            MeasurementTimeout: the chip was still measuring after the datasheet's maximum.
+            ImplausibleReading: the pressure compensation gave no value.
+        """
+        if self._closed:
+            raise ValueError(f"{self._name} is closed")
+        with self._lock:
+            raw = self._measure()
+        return self._compensate(raw)
+
+    def _measure(self) -> _Raw:
+        # ctrl_hum takes effect only with the next ctrl_meas write, so it goes first; config
+        # is honoured in sleep mode only, so it goes before the trigger too.
+        if self.has_humidity:
+            self._regs.write(REG_CTRL_HUM, self._ctrl_hum)
+        self._regs.write(REG_CONFIG, self._config)
+        self._regs.write(REG_CTRL_MEAS, self._ctrl_meas)
+        deadline = time.monotonic() + self._timeout_s
+        time.sleep(self._typical_s)
+        # The status is read once more after the deadline, so a thread that was descheduled
+        # past it does not report a timeout for a measurement that had finished.
+        while self._regs.read(REG_STATUS)[0] & STATUS_MEASURING:
+            if time.monotonic() >= deadline:
+                raise MeasurementTimeout(
+                    f"{self._name}: still measuring after {self._timeout_s * 1000:.1f} ms"
+                    f" (datasheet maximum {self._max_s * 1000:.1f} ms)"
+                )
+            time.sleep(_POLL_INTERVAL_S)
+        data = self._regs.read(REG_DATA, 8 if self.has_humidity else 6)
+        return _Raw(
+            adc_p=(data[0] << 12) | (data[1] << 4) | (data[2] >> 4),
+            adc_t=(data[3] << 12) | (data[4] << 4) | (data[5] >> 4),
+            adc_h=(data[6] << 8) | data[7] if self.has_humidity else None,
+        )
+
+    def _compensate(self, raw: _Raw) -> dict[str, float]:
+        # Skipped channels are known from our own settings, not from the 0x80000 / 0x8000
+        # markers: those are also valid readings (0x80000 is about 830 hPa, 0x8000 mid-range
+        # humidity on typical calibrations).
+        _, osrs_p, osrs_h = self._oversampling
+        cal = self.calibration
+        centi_celsius, t_fine = compensate_temperature(cal, raw.adc_t)
+        values = {"temperature": round(centi_celsius / 100, self._decimals("temperature"))}
+        if raw.adc_h is not None and osrs_h:
+            q10 = compensate_humidity(cal, t_fine, raw.adc_h)
+            values["humidity"] = round(q10 / 1024, self._decimals("humidity"))
+        if osrs_p:
+            q8 = compensate_pressure(cal, t_fine, raw.adc_p)
+            if q8 <= 0:
+                raise ImplausibleReading(
+                    f"{self._name}: no pressure from raw 0x{raw.adc_p:05X} with {cal}"
+                )
+            values["pressure"] = round(q8 / 25600, self._decimals("pressure"))
+        return values
+
+    def _decimals(self, quantity: str) -> int:
+        return decimals_for(self.quantities[quantity].resolution)
+
+    def close(self) -> None:
+        """Forget the chip. It already sleeps between forced measurements, and the bus
+        belongs to the :class:`~drivers.hardware.Hardware` that opened it."""
+        self._closed = True
+
+
+class BME280(_BoschSensor):
+    """A Bosch BME280: temperature, relative humidity and pressure, in forced mode.
+
+    Args:
+        bus: an ``smbus2.SMBus``, or anything with its ``read_byte_data``,
+            ``write_byte_data`` and ``read_i2c_block_data``; shared with other chips.
+        address: 0x76 (SDO to GND) or 0x77 (SDO to VDDIO).
+        temperature_oversampling: 1, 2, 4, 8 or 16. Temperature cannot be skipped: the
+            other two compensations need it.
+        pressure_oversampling: 0 (skip), 1, 2, 4, 8 or 16.
+        humidity_oversampling: 0 (skip), 1, 2, 4, 8 or 16.
+        iir_filter: IIR filter coefficient for temperature and pressure, 0 (off), 2 .. 16.
+        resource: the shared bus's name ("i2c-1"), so the agent serialises its reads.
+        measurement_timeout_s: how long to wait for a conversion; by default the
+            datasheet's maximum for these settings plus a margin.
+
+    Raises:
+        WrongDevice: the chip at ``address`` is not a BME280.
+        BusError: the chip did not answer (wrong address, wiring, a transient NACK).
+        MeasurementTimeout: the NVM copy after the soft reset did not finish.
+        HardwareConfigError: an oversampling or filter setting the chip does not have.
+    """
+
+    chip = "BME280"
+    chip_ids = frozenset({BME280_CHIP_ID})
+    has_humidity = True
+    quantities = QUANTITIES
+
+    def __init__(
+        self,
+        *,
+        bus: SMBusLike,
+        address: int = 0x76,
+        temperature_oversampling: int = 1,
+        pressure_oversampling: int = 1,
+        humidity_oversampling: int = 1,
+        iir_filter: int = 0,
+        resource: str | None = None,
+        measurement_timeout_s: float | None = None,
+    ) -> None:
+        super().__init__(
+            bus=bus,
+            address=address,
+            temperature_oversampling=temperature_oversampling,
+            pressure_oversampling=pressure_oversampling,
+            humidity_oversampling=humidity_oversampling,
+            iir_filter=iir_filter,
+            resource=resource,
+            measurement_timeout_s=measurement_timeout_s,
+        )
+
+
+class BMP280(_BoschSensor):
+    """A Bosch BMP280: temperature and pressure, in forced mode.
+
+    Takes the same arguments as :class:`BME280` except ``humidity_oversampling``, and
+    accepts chip ids 0x58 and the engineering samples' 0x56 and 0x57.
+    """
+
+    chip = "BMP280"
+    chip_ids = BMP280_CHIP_IDS
+    has_humidity = False
+    quantities = BMP280_QUANTITIES
+
+    def __init__(
+        self,
+        *,
+        bus: SMBusLike,
+        address: int = 0x76,
+        temperature_oversampling: int = 1,
+        pressure_oversampling: int = 1,
+        iir_filter: int = 0,
+        resource: str | None = None,
+        measurement_timeout_s: float | None = None,
+    ) -> None:
+        super().__init__(
+            bus=bus,
+            address=address,
+            temperature_oversampling=temperature_oversampling,
+            pressure_oversampling=pressure_oversampling,
+            humidity_oversampling=0,
+            iir_filter=iir_filter,
+            resource=resource,
+            measurement_timeout_s=measurement_timeout_s,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Options and samples.
+
+SAMPLE = """\
+living_room:
+  driver: bme280
+  interval: 30s
+  bus: 1                 # /dev/i2c-1
+  address: 0x76          # 0x76 (SDO to GND) or 0x77 (SDO to VDDIO)
+  oversampling:          # 1, 2, 4, 8 or 16; 0 skips pressure or humidity
+    temperature: 1
+    pressure: 1
+    humidity: 1
+  filter: 0              # IIR filter for temperature and pressure: 0 (off), 2, 4, 8, 16
+"""
+
+BMP280_SAMPLE = """\
+barometer:
+  driver: bmp280
+  interval: 60s
+  bus: 1                 # /dev/i2c-1
+  address: 0x77          # 0x76 (SDO to GND) or 0x77 (SDO to VDDIO)
+  oversampling:          # 1, 2, 4, 8 or 16; 0 skips pressure
+    temperature: 2
+    pressure: 16         # 0.16 Pa resolution
+  filter: 4              # IIR filter for temperature and pressure: 0 (off), 2, 4, 8, 16
+"""
+
+Oversampling = Annotated[
+    Literal[0, 1, 2, 4, 8, 16], msgspec.Meta(description="oversampling factor; 0 skips")
+]
+TemperatureOversampling = Annotated[
+    Literal[1, 2, 4, 8, 16],
+    msgspec.Meta(description="oversampling factor; pressure and humidity need temperature"),
+]
+IIRFilter = Annotated[Literal[0, 2, 4, 8, 16], msgspec.Meta(description="IIR filter; 0 is off")]
+I2CAddress = Annotated[Literal[0x76, 0x77], msgspec.Meta(description="0x76 or 0x77 (SDO pin)")]
+I2CBusNumber = Annotated[int, msgspec.Meta(ge=0, description="/dev/i2c-<bus>")]
+
+
+class BMP280Oversampling(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Oversampling of a BMP280. x1 is the datasheet's weather-monitoring setting."""
+
+    temperature: TemperatureOversampling = 1
+    pressure: Oversampling = 1
+
+
+class BME280Oversampling(BMP280Oversampling, frozen=True):
+    """Oversampling of a BME280. x1 each is the datasheet's weather-monitoring setting."""
+
+    humidity: Oversampling = 1
+
+
+class BME280Options(SensorOptions, frozen=True, tag="bme280"):
+    """Options of the ``bme280`` driver."""
+
+    bus: I2CBusNumber = 1
+    address: I2CAddress = 0x76
+    oversampling: BME280Oversampling = BME280Oversampling()
+    filter: IIRFilter = 0
+
+
+class BMP280Options(SensorOptions, frozen=True, tag="bmp280"):
+    """Options of the ``bmp280`` driver."""
+
+    bus: I2CBusNumber = 1
+    address: I2CAddress = 0x76
+    oversampling: BMP280Oversampling = BMP280Oversampling()
+    filter: IIRFilter = 0
+
+
+def open_bme280(options: BME280Options, hardware: Hardware) -> BME280:
+    """A :class:`BME280` on ``hardware``'s bus ``options.bus``."""
+    return BME280(
+        bus=hardware.i2c_bus(options.bus),
+        address=options.address,
+        temperature_oversampling=options.oversampling.temperature,
+        pressure_oversampling=options.oversampling.pressure,
+        humidity_oversampling=options.oversampling.humidity,
+        iir_filter=options.filter,
+        resource=f"i2c-{options.bus}",
+    )
+
+
+def open_bmp280(options: BMP280Options, hardware: Hardware) -> BMP280:
+    """A :class:`BMP280` on ``hardware``'s bus ``options.bus``."""
+    return BMP280(
+        bus=hardware.i2c_bus(options.bus),
+        address=options.address,
+        temperature_oversampling=options.oversampling.temperature,
+        pressure_oversampling=options.oversampling.pressure,
+        iir_filter=options.filter,
+        resource=f"i2c-{options.bus}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Emulation: physical values -> raw counts, and a register-level chip.
+
+#: A real chip's calibration: T/P from the BMP280 datasheet's worked example, H typical.
+TYPICAL_CALIBRATION: Final = Calibration(
+    dig_t1=27504, dig_t2=26435, dig_t3=-1000,
+    dig_p1=36477, dig_p2=-10685, dig_p3=3024, dig_p4=2855, dig_p5=140,
+    dig_p6=-7, dig_p7=15500, dig_p8=-14600, dig_p9=6000,
+    dig_h1=75, dig_h2=362, dig_h3=0, dig_h4=313, dig_h5=50, dig_h6=30,
+)  # fmt: skip
+
+#: A calibration with negative dig_H4, dig_H5 and dig_H6, which naive decoders get wrong.
+#: With it, humidity below about 10 %RH is out of the ADC's reach at high temperatures.
+NEGATIVE_CALIBRATION: Final = Calibration(
+    dig_t1=28009, dig_t2=25654, dig_t3=-1000,
+    dig_p1=39145, dig_p2=-10750, dig_p3=3024, dig_p4=5996, dig_p5=-146,
+    dig_p6=-7, dig_p7=9900, dig_p8=-10230, dig_p9=4285,
+    dig_h1=75, dig_h2=365, dig_h3=200, dig_h4=-5, dig_h5=-50, dig_h6=-10,
+)  # fmt: skip
+
+#: Defaults of ``simulation.values`` for quantities the config leaves out.
+SIMULATION_DEFAULTS: Final[Mapping[str, float | list[float]]] = {
+    "temperature": [18.0, 24.0],
+    "humidity": 45.0,
+    "pressure": 1013.25,
+}
+
+
+def _nearest(compensate: Callable[[int], int], target: int, bits: int) -> int:
+    """The raw count in ``[0, 2**bits)`` whose compensated value is nearest ``target``.
+
+    Compensation is monotonic in the raw count (rising or falling), so a binary search for
+    the first count at or past the target, then the better of it and its neighbour, is
+    exact.
+    """
+    lo, hi = 0, (1 << bits) - 1
+    rising = compensate(hi) >= compensate(lo)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        value = compensate(mid)
+        if (value >= target) if rising else (value <= target):
+            hi = mid
+        else:
+            lo = mid + 1
+    candidates = [c for c in (lo - 1, lo, lo + 1) if 0 <= c < 1 << bits]
+    return min(candidates, key=lambda c: abs(compensate(c) - target))
+
+
+def raw_temperature(cal: Calibration, celsius: float) -> int:
+    """The 20-bit ``adc_T`` for which the integer compensation gives ``celsius``."""
+    target = round(celsius * 100)
+    return _nearest(lambda adc: compensate_temperature(cal, adc)[0], target, 20)
+
+
+def raw_pressure(cal: Calibration, t_fine: int, hpa: float) -> int:
+    """The 20-bit ``adc_P`` for which the integer compensation gives ``hpa`` at ``t_fine``."""
+    target = round(hpa * 25600)
+    return _nearest(lambda adc: compensate_pressure(cal, t_fine, adc), target, 20)
+
+
+def raw_humidity(cal: Calibration, t_fine: int, percent: float) -> int:
+    """The 16-bit ``adc_H`` for which the integer compensation gives ``percent`` at
+    ``t_fine``."""
+    target = round(percent * 1024)
+    return _nearest(lambda adc: compensate_humidity(cal, t_fine, adc), target, 16)
+
+
+class EmulatedBME280:
+    """A register-level BME280 or BMP280 for :class:`~drivers.sim.fake_smbus.FakeSMBus`.
+
+    It has the chip id, the calibration registers, soft reset with an NVM copy, the status
+    bits, ``ctrl_hum`` that only takes effect with the next ``ctrl_meas`` write, forced mode
+    and the data registers (0x80000 / 0x8000 for skipped channels). Each forced measurement
+    takes the next value of each signal and stores the raw counts for which the real
+    compensation gives that value back, so the driver under test reads what was configured.
+
+    Not emulated: normal mode's standby timing (a normal-mode write measures once), the IIR
+    filter, noise, and the coarser raw resolution at low oversampling (counts are always 20
+    bit, so values come back within the chip's best resolution at any setting).
+
+    Args:
+        kind: ``"bme280"`` or ``"bmp280"`` (no humidity registers).
+        calibration: the trimming parameters in the NVM.
+        chip_id: what register 0xD0 says; by default the kind's real id.
+        temperature, pressure, humidity: the physical values (°C, hPa, %RH) to measure.
+        measuring_s: how long the measuring bit stays set after a trigger; by default the
+            datasheet's typical time for the chosen oversampling.
+        nvm_copy_s: how long ``im_update`` stays set after a reset.
+        clock: monotonic seconds, injectable so tests can step time.
+    """
+
+    def __init__(
+        self,
+        *,
+        kind: Literal["bme280", "bmp280"] = "bme280",
+        calibration: Calibration = TYPICAL_CALIBRATION,
+        chip_id: int | None = None,
+        temperature: SimulatedSignal | None = None,
+        pressure: SimulatedSignal | None = None,
+        humidity: SimulatedSignal | None = None,
+        measuring_s: float | None = None,
+        nvm_copy_s: float = 0.001,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kind = kind
+        self.has_humidity = kind == "bme280"
+        self.calibration = calibration
+        self.temperature = temperature or SimulatedSignal(20.0)
+        self.pressure = pressure or SimulatedSignal(1013.25)
+        self.humidity = humidity or SimulatedSignal(45.0)
+        self.measuring_s = measuring_s
+        self.nvm_copy_s = nvm_copy_s
+        #: Keep the measuring bit set forever, as a wedged chip does.
+        self.stuck_measuring = False
+        #: Forced measurements triggered so far.
+        self.measurements = 0
+        self._clock = clock
+        self._registers = bytearray(256)
+        self._registers[REG_CHIP_ID] = chip_id if chip_id is not None else (
+            BME280_CHIP_ID if self.has_humidity else 0x58
+        )  # fmt: skip
+        block_88, block_e1 = encode_calibration(calibration)
+        self._registers[REG_CALIB_TP : REG_CALIB_TP + len(block_88)] = block_88
+        if self.has_humidity:
+            self._registers[REG_CALIB_H : REG_CALIB_H + len(block_e1)] = block_e1
+        self._ctrl_hum_active = 0
+        self._measuring_until = 0.0
+        self._nvm_until = 0.0
+        self._pending: bytes | None = None
+        self._lock = threading.Lock()
+        self._reset()
+
+    # -- I2CDevice --------------------------------------------------------------------------
+
+    def read_registers(self, register: int, length: int) -> bytes:
+        """Registers from ``register`` on; the status register reflects the clock."""
+        with self._lock:
+            self._settle()
+            out = bytearray()
+            for offset in range(length):
+                reg = (register + offset) & 0xFF
+                if reg == REG_STATUS:
+                    out.append(self._status())
+                elif not self.has_humidity and reg in (0xFD, 0xFE, REG_CTRL_HUM):
+                    out.append(0)
+                else:
+                    out.append(self._registers[reg])
+            return bytes(out)
+
+    def write_registers(self, register: int, data: bytes) -> None:
+        """Write ``data`` from ``register`` on; read-only registers ignore writes."""
+        with self._lock:
+            self._settle()
+            for offset, value in enumerate(data):
+                self._write((register + offset) & 0xFF, value)
+
+    # -- behaviour --------------------------------------------------------------------------
+
+    def _write(self, register: int, value: int) -> None:
+        if register == REG_RESET:
+            if value == RESET_COMMAND:
+                self._reset()
+        elif register == REG_CTRL_HUM:
+            if self.has_humidity:
+                self._registers[REG_CTRL_HUM] = value & 0x07
+        elif register == REG_CONFIG:
+            self._registers[REG_CONFIG] = value
+        elif register == REG_CTRL_MEAS:
+            self._registers[REG_CTRL_MEAS] = value
+            self._ctrl_hum_active = self._registers[REG_CTRL_HUM]
+            if value & 0x03:
+                self._trigger()
+
+    def _reset(self) -> None:
+        for reg in (REG_CTRL_HUM, REG_CTRL_MEAS, REG_CONFIG):
+            self._registers[reg] = 0
+        self._registers[REG_DATA : REG_DATA + 8] = bytes([0x80, 0, 0, 0x80, 0, 0, 0x80, 0])
+        self._ctrl_hum_active = 0
+        self._pending = None
+        self._measuring_until = 0.0
+        self._nvm_until = self._clock() + self.nvm_copy_s
+
+    def _status(self) -> int:
+        now = self._clock()
+        measuring = self.stuck_measuring or now < self._measuring_until
+        return (STATUS_MEASURING if measuring else 0) | (
+            STATUS_IM_UPDATE if now < self._nvm_until else 0
+        )
+
+    def _factors(self) -> tuple[int, int, int]:
+        codes = {code: factor for factor, code in OVERSAMPLING_CODES.items()}
+        ctrl_meas = self._registers[REG_CTRL_MEAS]
+        osrs_h = self._ctrl_hum_active if self.has_humidity else 0
+        return (
+            codes.get(ctrl_meas >> 5, 16),
+            codes.get((ctrl_meas >> 2) & 0x07, 16),
+            codes.get(osrs_h & 0x07, 16),
+        )
+
+    def _trigger(self) -> None:
+        osrs_t, osrs_p, osrs_h = self._factors()
+        cal = self.calibration
+        adc_t = raw_temperature(cal, self.temperature.next())
+        _, t_fine = compensate_temperature(cal, adc_t)
+        adc_p = raw_pressure(cal, t_fine, self.pressure.next())
+        adc_h = raw_humidity(cal, t_fine, self.humidity.next()) if self.has_humidity else 0
+        adc_t = adc_t if osrs_t else SKIPPED_20BIT
+        adc_p = adc_p if osrs_p else SKIPPED_20BIT
+        adc_h = adc_h if osrs_h else SKIPPED_16BIT
+        self._pending = bytes(
+            [adc_p >> 12, (adc_p >> 4) & 0xFF, (adc_p & 0x0F) << 4,
+             adc_t >> 12, (adc_t >> 4) & 0xFF, (adc_t & 0x0F) << 4,
+             adc_h >> 8, adc_h & 0xFF]
+        )  # fmt: skip
+        duration = self.measuring_s
+        if duration is None:
+            duration = typical_measurement_s(osrs_t, osrs_p, osrs_h)
+        self._measuring_until = self._clock() + duration
+        self.measurements += 1
+
+    def _settle(self) -> None:
+        """Finish a measurement whose time is up: results appear, the mode returns to sleep."""
+        if self._pending is None or self.stuck_measuring:
+            return
+        if self._clock() >= self._measuring_until:
+            self._registers[REG_DATA : REG_DATA + 8] = self._pending
+            self._registers[REG_CTRL_MEAS] &= ~0x03
+            self._pending = None
+
+
+def _signals(
+    options: BME280Options | BMP280Options, hardware: SimulatedHardware, names: tuple[str, ...]
+) -> dict[str, SimulatedSignal]:
+    unknown = set(options.simulation.values) - set(names)
+    if unknown:
+        raise HardwareConfigError(
+            f"simulation.values: {', '.join(sorted(unknown))} is not one of {', '.join(names)}"
+        )
+    rng = random.Random(hardware.seed)
+    return {
+        name: SimulatedSignal(
+            options.simulation.values.get(name, SIMULATION_DEFAULTS[name]), rng=rng
+        )
+        for name in names
+    }
+
+
+def emulate_bme280(options: BME280Options, hardware: SimulatedHardware) -> None:
+    """Put an emulated BME280 whose values follow ``options.simulation`` on the fake bus."""
+    signals = _signals(options, hardware, ("temperature", "humidity", "pressure"))
+    chip = EmulatedBME280(
+        kind="bme280",
+        temperature=signals["temperature"],
+        pressure=signals["pressure"],
+        humidity=signals["humidity"],
+    )
+    hardware.fake_bus(options.bus).attach(
+        options.address, chip, fail_rate=options.simulation.fail_rate
+    )
+
+
+def emulate_bmp280(options: BMP280Options, hardware: SimulatedHardware) -> None:
+    """Put an emulated BMP280 whose values follow ``options.simulation`` on the fake bus."""
+    signals = _signals(options, hardware, ("temperature", "pressure"))
+    chip = EmulatedBME280(
+        kind="bmp280", temperature=signals["temperature"], pressure=signals["pressure"]
+    )
+    hardware.fake_bus(options.bus).attach(
+        options.address, chip, fail_rate=options.simulation.fail_rate
+    )
+
+
+SPEC = DriverSpec(
+    name="bme280",
+    kind="sensor",
+    summary="Bosch BME280 temperature, humidity and pressure over I2C",
+    options=BME280Options,
+    open=open_bme280,
+    emulate=emulate_bme280,
+    quantities=QUANTITIES,
+    sample=SAMPLE,
+)
+
+BMP280_SPEC = DriverSpec(
+    name="bmp280",
+    kind="sensor",
+    summary="Bosch BMP280 temperature and pressure over I2C",
+    options=BMP280Options,
+    open=open_bmp280,
+    emulate=emulate_bmp280,
+    quantities=BMP280_QUANTITIES,
+    sample=BMP280_SAMPLE,
+)
