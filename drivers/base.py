@@ -45,15 +45,17 @@ class Options(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     """Base of every config struct: immutable, strict, keyword-only."""
 
 
-class Simulation(Options, frozen=True):
+@dataclass(frozen=True)
+class Simulation:
     """How a sensor behaves under ``--simulate``.
 
     Each quantity maps to a constant or a ``[lo, hi]`` random walk; quantities left out
-    take the driver's own plausible default.
+    take the driver's own plausible default. ``fail_rate`` is the share of reads that
+    fail the way the real bus does.
     """
 
-    values: dict[str, SimulatedValue] = {}
-    fail_rate: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+    values: Mapping[str, float | list[float]] = field(default_factory=dict)
+    fail_rate: float = 0.0
 
 
 class SensorOptions(Options, frozen=True, tag_field="driver"):
@@ -67,7 +69,17 @@ class SensorOptions(Options, frozen=True, tag_field="driver"):
     retain: bool = False
     #: Longest a read may take before it is abandoned; default: the interval, at most 10 s.
     timeout: PositiveSeconds | None = None
-    simulation: Simulation = Simulation()
+    #: As written in the config: quantity -> constant or [lo, hi], plus ``fail_rate``.
+    simulation_spec: dict[str, SimulatedValue] = msgspec.field(default={}, name="simulation")
+
+    @property
+    def simulation(self) -> Simulation:
+        """The ``simulation`` mapping, split into values and failure rate."""
+        spec = dict(self.simulation_spec)
+        fail_rate = spec.pop("fail_rate", 0.0)
+        return Simulation(
+            values=spec, fail_rate=float(fail_rate) if isinstance(fail_rate, int | float) else 0.0
+        )
 
 
 class OutputOptions(Options, frozen=True, tag_field="driver"):

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from drivers import system
+from drivers import bme280, dht, gpio, system
 from drivers.base import DriverSpec
 
 DRIVERS: dict[str, DriverSpec] = {
     spec.name: spec
     for spec in (
         system.SPEC,
+        bme280.SPEC,
+        bme280.BMP280_SPEC,
+        dht.DHT22_SPEC,
+        dht.DHT11_SPEC,
+        gpio.RELAY_SPEC,
+        gpio.GPIO_SPEC,
     )
 }
 

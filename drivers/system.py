@@ -6,7 +6,9 @@ a fake tree.
 
 from __future__ import annotations
 
+import errno
 import os
+import random
 from pathlib import Path
 from typing import Annotated
 
@@ -105,13 +107,22 @@ def open_system(options: SystemOptions, hardware: Hardware) -> SystemHealth:
 
 
 def emulate_system(options: SystemOptions, hardware: SimulatedHardware) -> None:
-    """A fake /sys and /proc whose values follow ``simulation``."""
+    """A fake /sys and /proc whose values follow ``simulation``; the SoC temperature read
+    fails with EIO at ``simulation.fail_rate``, as a flaky sysfs attribute would."""
     sim = options.simulation.values
+    fail_rate = options.simulation.fail_rate
+    rng = random.Random(hardware.seed)
     temp = SimulatedSignal(sim.get("soc_temperature", [45.0, 60.0]))
     load = SimulatedSignal(sim.get("load_1m", [0.1, 1.5]))
     mem = SimulatedSignal(sim.get("memory_used", [20.0, 40.0]))
     thermal = hardware.path(f"/sys/class/thermal/thermal_zone{options.thermal_zone}/temp")
-    hardware.serve_attr(thermal, lambda: f"{round(temp.next() * 1000)}\n")
+
+    def soc_temperature() -> str:
+        if rng.random() < fail_rate:
+            raise OSError(errno.EIO, "Input/output error")
+        return f"{round(temp.next() * 1000)}\n"
+
+    hardware.serve_attr(thermal, soc_temperature)
     hardware.serve_attr(
         hardware.path("/proc/loadavg"), lambda: f"{load.next():.2f} 0.50 0.40 1/123 4567\n"
     )
