@@ -30,8 +30,12 @@ def parse_duration(value: object) -> float:
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling of ``seconds`` ("90s", "5m", "7d")."""
     if seconds and seconds < 1:
-        return f"{seconds * 1000:g}ms"
+        return f"{_number(seconds * 1000)}ms"
     for unit in ("d", "h", "m"):
         if seconds >= _UNITS[unit] and seconds % _UNITS[unit] == 0:
-            return f"{seconds / _UNITS[unit]:g}{unit}"
-    return f"{seconds:g}s"
+            return f"{_number(seconds / _UNITS[unit])}{unit}"
+    return f"{_number(seconds)}s"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

@@ -94,12 +94,17 @@ def _check_references(config: Config, problems: Problems) -> None:
             )
         if sensor.interval <= 0:
             problems.add(("sensors", name, "interval"), "must be greater than 0")
-        unknown = set(sensor.simulation.values) - set(spec.quantities)
-        for quantity in sorted(unknown):
-            problems.add(
-                ("sensors", name, "simulation", "values", quantity),
-                f"{spec.name} has no quantity {quantity!r}; it has {', '.join(spec.quantities)}",
-            )
+        for key, value in sensor.simulation_spec.items():
+            where = ("sensors", name, "simulation", key)
+            if key == "fail_rate":
+                if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                    problems.add(where, f"must be a number from 0.0 to 1.0, got {value!r}")
+            elif key not in spec.quantities:
+                problems.add(
+                    where,
+                    f"{spec.name} has no quantity {key!r}; it has "
+                    f"{', '.join(spec.quantities)} (and fail_rate)",
+                )
 
 
 def _resolve(config: Config, base_dir: Path, problems: Problems) -> Config:
@@ -112,7 +117,7 @@ def _resolve(config: Config, base_dir: Path, problems: Problems) -> Config:
         except OSError as e:
             problems.add(("mqtt", "password_file"), f"cannot read {secret}: {e.strerror}")
         else:
-            mqtt = msgspec.structs.replace(mqtt, password=password)
+            mqtt = msgspec.structs.replace(mqtt, password=password, password_file=None)
     if mqtt.tls is not None:
         for key in ("ca_certs", "certfile", "keyfile"):
             value = getattr(mqtt.tls, key)

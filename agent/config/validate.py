@@ -131,10 +131,10 @@ def _union(value: Any, tp: Any, path: KeyPath, problems: Problems) -> Any:
     if value is None and len(members) < len(get_args(tp)):
         return None
     structs = [m for m in members if isinstance(m, type) and issubclass(m, msgspec.Struct)]
-    if structs and len(structs) == len(members):
-        return _tagged(value, structs, path, problems)
     if len(members) == 1:
         return convert(value, members[0], path, problems)
+    if structs and len(structs) == len(members):
+        return _tagged(value, structs, path, problems)
     return _leaf(value, tp, path, problems)
 
 

@@ -127,8 +127,9 @@ def _build(
     value = loader.construct_object(node, deep=True)
     if isinstance(value, str) and "${" in value:
         value = _substitute(value, path, node.start_mark.line + 1, source, env)
-        if node.style is None:  # unquoted: `port: ${PORT}` is a number, as if written so
-            tag = loader.resolve(yaml.ScalarNode, value, (True, False))
+        if isinstance(node, yaml.ScalarNode) and node.style is None:
+            # unquoted: `port: ${PORT}` is a number, as if it had been written so
+            tag = loader.resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
             value = loader.construct_object(yaml.ScalarNode(tag, value), deep=True)
     return value
 

@@ -1,0 +1,174 @@
+"""Every bad config is refused by `edge-agent check` with exit 78 and FILE:LINE: key.path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.mqtt import run_cli
+
+#: (id, YAML, expected line, expected key path, words the message must contain)
+BAD_CONFIGS: list[tuple[str, str, int, str, str]] = [
+    ("unknown-top-key", "device_id: a\nsensorz: {}\n", 2, "sensorz", "unknown key"),
+    ("unknown-nested-key", "mqtt:\n  host: x\n  prot: 5\n", 3, "mqtt.prot", "did you mean `port`"),
+    ("duplicate-top-key", "device_id: a\ndevice_id: b\n", 2, "device_id", "duplicate key"),
+    (
+        "duplicate-sensor",
+        "sensors:\n  a: {driver: system}\n  a: {driver: system}\n",
+        3,
+        "sensors.a",
+        "duplicate key",
+    ),
+    ("port-range", "mqtt:\n  port: 70000\n", 2, "mqtt.port", "<= 65535"),
+    ("port-type", "mqtt:\n  port: abc\n", 2, "mqtt.port", "expected `int`"),
+    ("keepalive-low", "mqtt:\n  keepalive: 1\n", 2, "mqtt.keepalive", ">= 5"),
+    ("protocol", 'mqtt:\n  protocol: "4"\n', 2, "mqtt.protocol", "'4'"),
+    ("device-id-chars", "device_id: bad/id\n", 1, "device_id", "bad/id"),
+    ("topic-prefix-wildcard", "mqtt:\n  topic_prefix: a/#\n", 2, "mqtt.topic_prefix", "a/#"),
+    (
+        "bad-duration",
+        "sensors:\n  pi:\n    driver: system\n    interval: 10 minutes\n",
+        4,
+        "sensors.pi.interval",
+        "expected a duration",
+    ),
+    (
+        "zero-interval",
+        "sensors:\n  pi:\n    driver: system\n    interval: 0s\n",
+        4,
+        "sensors.pi.interval",
+        "greater than 0",
+    ),
+    (
+        "unknown-driver",
+        "sensors:\n  pi:\n    driver: systen\n",
+        3,
+        "sensors.pi.driver",
+        "did you mean `system`",
+    ),
+    ("missing-driver", "sensors:\n  pi:\n    interval: 5s\n", 2, "sensors.pi", "driver"),
+    (
+        "driver-option-unknown",
+        "sensors:\n  pi:\n    driver: system\n    adress: 0x76\n",
+        4,
+        "sensors.pi.adress",
+        "unknown key",
+    ),
+    (
+        "qos-range",
+        "sensors:\n  pi:\n    driver: system\n    qos: 3\n",
+        4,
+        "sensors.pi.qos",
+        "<= 2",
+    ),
+    (
+        "fail-rate-range",
+        "sensors:\n  pi:\n    driver: system\n    simulation:\n      fail_rate: 1.5\n",
+        5,
+        "sensors.pi.simulation.fail_rate",
+        "from 0.0 to 1.0",
+    ),
+    (
+        "simulation-unknown-quantity",
+        "sensors:\n  pi:\n    driver: system\n    simulation:\n      humidity: 4\n",
+        5,
+        "sensors.pi.simulation.humidity",
+        "no quantity",
+    ),
+    (
+        "sensor-name-chars",
+        "sensors:\n  my sensor:\n    driver: system\n",
+        2,
+        "sensors.my sensor",
+        "matching regex",
+    ),
+    ("sensors-not-mapping", "sensors:\n  - pi\n", 1, "sensors", "expected a mapping"),
+    ("missing-env", "mqtt:\n  host: ${NO_SUCH_VARIABLE_X}\n", 2, "mqtt.host", "NO_SUCH_VARIABLE_X"),
+    (
+        "password-and-file",
+        "mqtt:\n  password: a\n  password_file: b\n",
+        1,
+        "mqtt",
+        "not both",
+    ),
+    (
+        "password-file-missing",
+        "mqtt:\n  password_file: /nonexistent/pass\n",
+        2,
+        "mqtt.password_file",
+        "cannot read",
+    ),
+    (
+        "tls-ca-missing",
+        "mqtt:\n  tls:\n    ca_certs: /nonexistent/ca.crt\n",
+        3,
+        "mqtt.tls.ca_certs",
+        "no such file",
+    ),
+    (
+        "reconnect-order",
+        "mqtt:\n  reconnect: {min_delay: 10, max_delay: 5}\n",
+        2,
+        "mqtt.reconnect",
+        "max_delay",
+    ),
+    (
+        "buffer-durability",
+        "buffer:\n  durability: sometimes\n",
+        2,
+        "buffer.durability",
+        "sometimes",
+    ),
+    ("buffer-max-messages", "buffer:\n  max_messages: 0\n", 2, "buffer.max_messages", ">= 1"),
+    ("yes-is-not-a-boolean", "simulate: yes\n", 1, "simulate", "expected `bool`"),
+    ("top-level-list", "- a\n- b\n", 1, "", "expected a mapping"),
+    ("invalid-yaml", "mqtt:\n  host: [unclosed\n", 3, "", "invalid YAML"),
+    ("health-listen", "health:\n  listen: nowhere\n", 2, "health.listen", "matching regex"),
+]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "line", "key_path", "words"),
+    [pytest.param(*case[1:], id=case[0]) for case in BAD_CONFIGS],
+)
+def test_bad_config_names_file_line_and_key(
+    tmp_path: Path, yaml_text: str, line: int, key_path: str, words: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml_text)
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 78, result.stderr
+    assert "Traceback" not in result.stderr
+    prefix = f"{config}:{line}: " + (f"{key_path}: " if key_path else "")
+    matching = [ln for ln in result.stderr.splitlines() if ln.startswith(prefix)]
+    assert matching, f"no line starting {prefix!r} in:\n{result.stderr}"
+    assert any(words in ln for ln in matching), result.stderr
+
+
+def test_every_problem_is_listed_not_only_the_first(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("mqtt:\n  port: 0\n  keepalive: x\nsensors:\n  pi: {driver: nope}\n")
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 78
+    assert [ln.split(": ")[1] for ln in result.stderr.splitlines()] == [
+        "mqtt.port",
+        "mqtt.keepalive",
+        "sensors.pi.driver",
+    ]
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    result = run_cli("check", "-c", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 78
+    assert "absent.yaml" in result.stderr and "cannot read" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_a_bad_config_exits_78_without_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("mqtt:\n  port: -1\n")
+    result = run_cli("run", "-c", str(config))
+    assert result.returncode == 78
+    assert f"{config}:2: mqtt.port:" in result.stderr
+    assert "Traceback" not in result.stderr
