@@ -148,7 +148,7 @@ class MessageStore:
             seq_block: How many ``seq`` values :attr:`sequences` reserves per disk write.
 
         Raises:
-            ValueError: A limit is not positive.
+            ValueError: A limit or ``seq_block`` is not positive.
             sqlite3.OperationalError: The file cannot be opened (permissions, locked).
             OSError: The directory cannot be created or an unusable file cannot be moved.
         """
@@ -156,6 +156,8 @@ class MessageStore:
             raise ValueError(f"max_messages must be at least 1, not {max_messages}")
         if not max_age_s > 0:
             raise ValueError(f"max_age_s must be positive, not {max_age_s}")
+        if seq_block < 1:
+            raise ValueError(f"seq_block must be at least 1, not {seq_block}")
         self.path = Path(path)
         self.max_messages = max_messages
         self.max_age_s = max_age_s
@@ -176,7 +178,11 @@ class MessageStore:
             )
             self._conn = self._connect()
         self._closed = False
-        self._depth: int = self._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        try:
+            self._depth: int = self._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        except BaseException:
+            self._conn.close()
+            raise
         self.sequences = SequenceStore(self, block_size=seq_block)
 
     # -- opening -------------------------------------------------------------------------
