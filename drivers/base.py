@@ -41,6 +41,17 @@ PositiveSeconds = Annotated[
 SimulatedValue = float | Annotated[list[float], msgspec.Meta(min_length=2, max_length=2)]
 
 
+class OptionError(ValueError):
+    """An option value that is wrong given the others; raised from ``__post_init__``.
+
+    Naming the option lets the config loader point at its line.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 class Options(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Base of every config struct: immutable, strict, keyword-only."""
 

@@ -104,7 +104,7 @@ def decimals_for(resolution: float) -> int:
 
 QUANTITIES: Final[Mapping[str, Quantity]] = {
     "temperature": Quantity("°C", 0.01, "air temperature", "temperature"),
-    "humidity": Quantity("%", 0.008, "relative humidity", "humidity"),
+    "humidity": Quantity("%RH", 0.008, "relative humidity", "humidity"),
     "pressure": Quantity(
         "hPa", 0.0018, "absolute air pressure (not sea level)", "atmospheric_pressure"
     ),

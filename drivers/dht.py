@@ -43,7 +43,7 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
-from drivers.base import DriverSpec, Quantity, Seconds, Sensor, SensorOptions
+from drivers.base import DriverSpec, OptionError, Quantity, Seconds, Sensor, SensorOptions
 from drivers.errors import (
     BusError,
     ChecksumError,
@@ -153,9 +153,10 @@ class _DHTOptions(SensorOptions, frozen=True):
             raise ValueError("give exactly one of `pin` and `device`")
         minimum = MODELS[self.model].min_interval_s
         if self.interval < minimum:
-            raise ValueError(
+            raise OptionError(
+                "interval",
                 f"interval {self.interval:g} s is below the {self.model.upper()}'s minimum "
-                f"of {minimum:g} s"
+                f"of {minimum:g} s",
             )
 
 

@@ -19,6 +19,7 @@ import msgspec
 
 from agent.config.durations import parse_duration
 from agent.config.yamlsource import KeyPath
+from drivers.base import OptionError
 
 _MSGSPEC_SUFFIX = re.compile(r" - at `\$[^`]*`$")
 
@@ -121,6 +122,9 @@ def _struct(value: Any, tp: type[msgspec.Struct], path: KeyPath, problems: Probl
         return INVALID
     try:
         return tp(**kwargs)
+    except OptionError as e:
+        problems.add(path + (e.option,), str(e))
+        return INVALID
     except (ValueError, TypeError) as e:
         problems.add(path, str(e))
         return INVALID

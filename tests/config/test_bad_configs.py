@@ -124,6 +124,41 @@ BAD_CONFIGS: list[tuple[str, str, int, str, str]] = [
     ("yes-is-not-a-boolean", "simulate: yes\n", 1, "simulate", "expected `bool`"),
     ("top-level-list", "- a\n- b\n", 1, "", "expected a mapping"),
     ("invalid-yaml", "mqtt:\n  host: [unclosed\n", 3, "", "invalid YAML"),
+    (
+        "dht-interval-below-chip-minimum",
+        "sensors:\n  shed:\n    driver: dht22\n    pin: 4\n    interval: 1s\n",
+        5,
+        "sensors.shed.interval",
+        "minimum of 2 s",
+    ),
+    (
+        "bme280-bad-address",
+        "sensors:\n  air:\n    driver: bme280\n    address: 0x40\n",
+        4,
+        "sensors.air.address",
+        "64",
+    ),
+    (
+        "relay-missing-pin",
+        "outputs:\n  pump:\n    driver: relay\n",
+        2,
+        "outputs.pump",
+        "missing required key `pin`",
+    ),
+    (
+        "interlock-unknown-output",
+        "outputs:\n  pump:\n    driver: relay\n    pin: 17\n    interlock: [heatr]\n",
+        5,
+        "outputs.pump.interlock[0]",
+        "no output named 'heatr'",
+    ),
+    (
+        "relay-initial-bad",
+        "outputs:\n  pump:\n    driver: relay\n    pin: 17\n    initial: maybe\n",
+        5,
+        "outputs.pump.initial",
+        "maybe",
+    ),
     ("health-listen", "health:\n  listen: nowhere\n", 2, "health.listen", "matching regex"),
 ]
 
