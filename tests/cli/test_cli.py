@@ -80,3 +80,41 @@ def _demo_sensor_names() -> list[str]:
     from agent.config import load_config
 
     return list(load_config(ROOT / "config/demo.yaml", environ={}).config.sensors)
+
+
+def test_every_sensor_driver_reads_its_simulated_constants_back(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "sensors:\n"
+        "  air:\n    driver: bme280\n    address: 0x77\n"
+        "    simulation: {temperature: 21.5, humidity: 40.25, pressure: 1013.25}\n"
+        "  baro:\n    driver: bmp280\n    simulation: {temperature: -5.25, pressure: 990}\n"
+        "  shed:\n    driver: dht22\n    pin: 4\n    simulation: {temperature: 12.3, humidity: 71.2}\n"
+        "  cellar:\n    driver: dht11\n    pin: 17\n    simulation: {temperature: 9, humidity: 80}\n"
+        "  pi:\n    driver: system\n    simulation: {soc_temperature: 51.25}\n"
+    )
+    result = run_cli("read", "--simulate", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    values = {r["sensor"]: r["values"] for r in map(json.loads, result.stdout.splitlines())}
+    assert abs(values["air"]["temperature"] - 21.5) <= 0.01
+    assert abs(values["air"]["humidity"] - 40.25) <= 0.008
+    assert abs(values["air"]["pressure"] - 1013.25) <= 0.0018
+    assert set(values["baro"]) == {"temperature", "pressure"}
+    assert abs(values["baro"]["temperature"] + 5.25) <= 0.01
+    assert abs(values["baro"]["pressure"] - 990) <= 0.0016
+    assert values["shed"] == {"temperature": 12.3, "humidity": 71.2}
+    assert values["cellar"] == {"temperature": 9, "humidity": 80}
+    assert values["pi"]["soc_temperature"] == 51.25
+
+
+def test_simulated_bus_faults_are_reported_not_crashed(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "sensors:\n  air:\n    driver: bme280\n    simulation: {fail_rate: 1.0}\n"
+        "  pi:\n    driver: system\n"
+    )
+    result = run_cli("read", "--simulate", "-c", str(config))
+    assert result.returncode == 1
+    assert "air: BusError" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [json.loads(x)["sensor"] for x in result.stdout.splitlines()] == ["pi"]
