@@ -89,8 +89,10 @@ def test_every_sensor_driver_reads_its_simulated_constants_back(tmp_path: Path) 
         "  air:\n    driver: bme280\n    address: 0x77\n"
         "    simulation: {temperature: 21.5, humidity: 40.25, pressure: 1013.25}\n"
         "  baro:\n    driver: bmp280\n    simulation: {temperature: -5.25, pressure: 990}\n"
-        "  shed:\n    driver: dht22\n    pin: 4\n    simulation: {temperature: 12.3, humidity: 71.2}\n"
-        "  cellar:\n    driver: dht11\n    pin: 17\n    simulation: {temperature: 9, humidity: 80}\n"
+        "  shed:\n    driver: dht22\n    pin: 4\n"
+        "    simulation: {temperature: 12.3, humidity: 71.2}\n"
+        "  cellar:\n    driver: dht11\n    pin: 17\n"
+        "    simulation: {temperature: 9, humidity: 80}\n"
         "  pi:\n    driver: system\n    simulation: {soc_temperature: 51.25}\n"
     )
     result = run_cli("read", "--simulate", "-c", str(config))
