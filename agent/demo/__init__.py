@@ -49,7 +49,7 @@ def run_demo(*, config: Path | None = None, duration: float | None = None) -> in
     header = (
         f"edge-agent demo - broker 127.0.0.1:{broker.port}, device {base}, "
         f"simulated hardware. Ctrl-C stops everything.\n"
-        f"Try: mosquitto_pub -p {broker.port} -t {base}/output/fan/set -m toggle"
+        f"Watch it from another terminal: mosquitto_sub -p {broker.port} -t '{base}/#' -v"
     )
     status = 0
     try:
