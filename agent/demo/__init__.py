@@ -37,14 +37,14 @@ def run_demo(*, config: Path | None = None, duration: float | None = None) -> in
     except BrokerUnavailable as e:
         print(f"demo: {e}", file=sys.stderr)
         return 1
+    view = LiveView(host="127.0.0.1", port=broker.port, topic_filter=f"{base}/#")
+    view.start()  # before the agent, so its first readings are seen too
     agent = subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "--simulate", "-c", str(config)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(workdir / "agent.log", "wb"),  # noqa: SIM115 - closed with the process
     )
-    view = LiveView(host="127.0.0.1", port=broker.port, topic_filter=f"{base}/#")
-    view.start()
     started = time.monotonic()
     header = (
         f"edge-agent demo - broker 127.0.0.1:{broker.port}, device {base}, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import threading
@@ -10,6 +11,19 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
+
+def summarize(text: str) -> str:
+    """A reading as ``#seq  temperature=21.53  humidity=40.2``; anything else as it is."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(body, dict) and isinstance(body.get("values"), dict):
+        values = "  ".join(f"{k}={v}" for k, v in body["values"].items())
+        replayed = " (replayed)" if body.get("replayed") else ""
+        return f"#{body.get('seq')}{replayed}  {values}"
+    return text
 
 
 class LiveView:
@@ -21,7 +35,9 @@ class LiveView:
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=paho.MQTTv5)
+        self._subscribed = threading.Event()
         self._client.on_connect = self._on_connect
+        self._client.on_subscribe = lambda *args: self._subscribed.set()
         self._client.on_message = self._on_message
         self._client.connect_async(host, port, 30)
 
@@ -29,13 +45,15 @@ class LiveView:
         client.subscribe(self.topic_filter, qos=1)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        text = msg.payload.decode("utf-8", errors="replace")
+        text = summarize(msg.payload.decode("utf-8", errors="replace"))
         with self._lock:
             self.latest[msg.topic] = (text, time.time(), bool(msg.retain))
             self.counts[msg.topic] = self.counts.get(msg.topic, 0) + 1
 
-    def start(self) -> None:
+    def start(self, timeout: float = 5.0) -> None:
+        """Connect and wait (up to ``timeout``) until the subscription is in place."""
         self._client.loop_start()
+        self._subscribed.wait(timeout)
 
     def stop(self) -> None:
         self._client.disconnect()
