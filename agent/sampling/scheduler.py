@@ -189,15 +189,18 @@ class Scheduler:
             return
 
     async def _read(self, slot: SensorSlot) -> dict[str, float]:
+        # asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for swallows a
+        # cancellation that arrives as the read completes, and the sensor would go on
+        # sampling after the agent was told to stop.
         loop = asyncio.get_running_loop()
         if slot.driver is None:
-            slot.driver = await asyncio.wait_for(
-                loop.run_in_executor(self._executor(slot), _open_sensor, slot), slot.timeout_s
-            )
+            async with asyncio.timeout(slot.timeout_s):
+                slot.driver = await loop.run_in_executor(self._executor(slot), _open_sensor, slot)
         driver = slot.driver
         future = loop.run_in_executor(self._executor(slot), _read_sensor, driver)
         try:
-            return await asyncio.wait_for(future, slot.timeout_s)
+            async with asyncio.timeout(slot.timeout_s):
+                return await future
         except TimeoutError:
             raise TransientError(f"read did not finish within {slot.timeout_s:g}s") from None
 
