@@ -4,6 +4,15 @@ A network thread of our own drives paho (``client.loop()``) so that reconnects f
 our backoff: exponential, with full jitter, bounded by ``reconnect.max_delay`` - a fleet
 must not reconnect in lock-step after a broker restart. Paho's callbacks never act: they
 hand events to the asyncio loop with ``call_soon_threadsafe`` and return (STYLE 3).
+
+Every connection attempt gets a fresh paho ``Client``: paho keeps unacknowledged QoS>0
+messages in memory and resends them after a reconnect, but the agent's outbox
+(``agent.pipeline.outbox``) already takes everything unacknowledged at a disconnect into
+its durable store and replays it from there. Were paho to resend too, every outage would
+duplicate its in-flight window; a fresh client carries nothing over. The broker session
+(``clean_start=False``) is kept, and so is the packet id counter (see ``_make_client``).
+:meth:`Transport.publish` likewise refuses while disconnected instead of letting paho
+queue in memory.
 """
 
 from __future__ import annotations
@@ -106,6 +115,11 @@ class Transport:
         self.v5 = settings.protocol == "5"
         self.subscriptions: list[tuple[str, int]] = []
         self.connects = 0
+        self._client_id = client_id
+        self._will = will
+        # Held while publishing and while swapping in a fresh client, so that a publish
+        # never lands in a client that is not (or no longer) the connected one.
+        self._publish_lock = threading.Lock()
         self.client = self._make_client(client_id, will)
 
     # -- set-up --------------------------------------------------------------------------
@@ -139,6 +153,13 @@ class Transport:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
+        previous: paho.Client | None = getattr(self, "client", None)
+        if previous is not None:
+            # Continue the packet ids of the previous client rather than restarting at 1:
+            # a broker session may still hold an unfinished QoS 2 exchange of the old
+            # connection under a low id, and would take a new message with that id for
+            # its duplicate. paho has no public setter for this counter.
+            client._last_mid = previous._last_mid
         return client
 
     # -- paho callbacks: copy, hand over, return ----------------------------------------
@@ -204,27 +225,25 @@ class Transport:
         self._thread = threading.Thread(target=self._run, name="mqtt-network", daemon=True)
         self._thread.start()
 
-    def _connect_once(self, first: bool) -> None:
+    def _connect_once(self) -> None:
         s = self.settings
+        with self._publish_lock:
+            self.client = self._make_client(self._client_id, self._will)
         if self.v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = int(s.session_expiry)
             self.client.connect(
                 s.host, s.effective_port, s.keepalive, clean_start=False, properties=props
             )
-        elif first:
-            self.client.connect(s.host, s.effective_port, s.keepalive)
         else:
-            self.client.reconnect()
+            self.client.connect(s.host, s.effective_port, s.keepalive)
 
     def _run(self) -> None:
         attempt = 0
-        first = True
         s = self.settings
         while not self._stop.is_set():
             try:
-                self._connect_once(first)
-                first = False
+                self._connect_once()
             except ssl.SSLCertVerificationError as e:
                 self._report(f"TLS certificate of {s.host} rejected: {e.verify_message}")
             except (OSError, ssl.SSLError, ValueError) as e:
@@ -264,9 +283,21 @@ class Transport:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> int:
-        """Queue a publish; returns its message id (paho resends QoS>0 after a reconnect)."""
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> int | None:
+        """Send a message on the current connection.
+
+        Returns:
+            Its message id, which a later ``published(mid, ok)`` event acknowledges; or
+            None when there is no connection (nothing was queued: the caller keeps it).
+            A message sent on a connection that is lost before its acknowledgement is
+            never resent by the transport: the next connection uses a fresh client.
+        """
+        with self._publish_lock:
+            if not self._connected.is_set():
+                return None
+            info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
         return info.mid
 
     def subscribe(self, topic: str, qos: int = 1) -> None:

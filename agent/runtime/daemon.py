@@ -5,23 +5,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.buffer.store import MessageStore
 from agent.config.load import LoadedConfig
+from agent.config.model import Config
 from agent.events import Event
 from agent.mqtt.payloads import Reading, encode_json, iso_ts
 from agent.mqtt.topics import Topics
 from agent.mqtt.transport import IncomingMessage, Transport, TransportEvents, Will
+from agent.pipeline.outbox import Outbox
 from agent.runtime.hardware_setup import make_hardware, sensor_opener, spec_of
-from agent.sampling.scheduler import MemorySequence, Scheduler, SensorSlot, SequenceSource
+from agent.runtime.paths import state_dir
+from agent.sampling.scheduler import Scheduler, SensorSlot
 
 log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
+#: How long a clean stop waits for readings in flight to be acknowledged.
+DRAIN_ON_STOP_S = 1.0
+
+
+def open_store(config: Config) -> MessageStore:
+    """The store-and-forward buffer: ``buffer.path``, else ``<state_dir>/buffer.db``.
+
+    The state directory is created private (0700): the buffer holds the readings.
+    """
+    directory = state_dir(config.state_dir)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = Path(config.buffer.path).expanduser() if config.buffer.path else directory / "buffer.db"
+    if path.parent != directory:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    store = MessageStore(
+        path, max_messages=config.buffer.max_messages, max_age_s=config.buffer.max_age
+    )
+    os.chmod(path, 0o600)
+    return store
 
 
 class Agent(TransportEvents):
@@ -42,20 +67,21 @@ class Agent(TransportEvents):
         self.started_at = time.time()
         self.connected_since: float | None = None
         self.counters: dict[str, int] = {
-            "readings": 0,
             "read_errors": 0,
-            "published": 0,
-            "acked": 0,
             "connects": 0,
+            "reconnects": 0,
             "events": 0,
         }
-        self._sequence: SequenceSource = MemorySequence()
         self._transport: Transport | None = None
+        self._outbox: Outbox | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then publish ``offline`` and release everything."""
         loop = asyncio.get_running_loop()
+        store = open_store(self.config)
+        if store.depth():
+            log.info("buffer %s holds %d readings to deliver", store.path, store.depth())
         hardware = make_hardware(self.config, simulate=self.simulate)
         slots = [
             SensorSlot(
@@ -67,7 +93,7 @@ class Agent(TransportEvents):
             for name, options in self.config.sensors.items()
         ]
         scheduler = Scheduler(
-            slots=slots, emit=self._publish_reading, report=self.report, sequence=self._sequence
+            slots=slots, emit=self._publish_reading, report=self.report, sequence=store.sequences
         )
         mqtt = self.config.mqtt
         self._transport = Transport(
@@ -77,11 +103,19 @@ class Agent(TransportEvents):
             events=self,
             loop=loop,
         )
+        outbox = self._outbox = Outbox(
+            store=store,
+            sender=self._transport,
+            durability=self.config.buffer.durability,
+            report=self.report,
+            defer=loop.call_soon,
+        )
         self.scheduler = scheduler
         self._transport.start()
         tasks = [
             asyncio.create_task(scheduler.run(), name="scheduler"),
             asyncio.create_task(self._publish_health(), name="health"),
+            asyncio.create_task(outbox.run(), name="replay"),
         ]
         log.info(
             "edge-agent %s started: device %s, %d sensors, broker %s:%d%s",
@@ -106,10 +140,16 @@ class Agent(TransportEvents):
                     await task
             stopper.cancel()
             scheduler.close()
+            # Nothing new is read now. Give what is in flight a moment to be acknowledged,
+            # then stop the transport (the acknowledgements it still hands over run during
+            # the await), and keep whatever is still unacknowledged in the store.
+            await outbox.drain(DRAIN_ON_STOP_S)
             await loop.run_in_executor(
                 None,
                 lambda: self._transport.stop(last=(self.topics.status, OFFLINE)),  # type: ignore[union-attr]
             )
+            await asyncio.sleep(0)
+            outbox.close()
             for slot in slots:
                 if slot.driver is not None:
                     slot.driver.close()
@@ -121,31 +161,37 @@ class Agent(TransportEvents):
         assert self._transport is not None
         self.connected_since = time.time()
         self.counters["connects"] += 1
+        self.counters["reconnects"] = self.counters["connects"] - 1
         log.info("connected to %s:%d", self.config.mqtt.host, self.config.mqtt.effective_port)
         self._publish(self.topics.status, ONLINE, qos=1, retain=True)
         self._publish(self.topics.info, encode_json(self.info()), qos=1, retain=True)
+        if self._outbox is not None:
+            self._outbox.connected()  # then queued events, then the replay
 
     def disconnected(self, reason: str) -> None:
         self.connected_since = None
         log.warning("disconnected from the broker (%s); reconnecting", reason)
+        if self._outbox is not None:
+            self._outbox.disconnected()
 
     def published(self, mid: int, ok: bool) -> None:
-        self.counters["acked"] += 1
+        if self._outbox is not None:
+            self._outbox.published(mid, ok)
 
     def message(self, message: IncomingMessage) -> None:
         log.debug("ignoring message on %s", message.topic)
 
     # -- publishing ------------------------------------------------------------------
     def _publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
+        """Publish ``status``/``info``/``health`` on the current connection, if any."""
         assert self._transport is not None
         self._transport.publish(topic, payload, qos=qos, retain=retain)
-        self.counters["published"] += 1
 
     def _publish_reading(self, reading: Reading, slot: SensorSlot) -> None:
-        self.counters["readings"] += 1
-        self._publish(
-            self.topics.sensor(reading.sensor),
-            reading.encode(),
+        assert self._outbox is not None
+        self._outbox.submit(
+            reading,
+            topic=self.topics.sensor(reading.sensor),
             qos=slot.options.qos,
             retain=slot.options.retain,
         )
@@ -157,7 +203,7 @@ class Agent(TransportEvents):
         if event.kind in ("read_error", "sensor_failed"):
             self.counters["read_errors"] += 1
         self.counters["events"] += 1
-        if self._transport is None:
+        if self._outbox is None:
             return
         body = {
             "ts": iso_ts(event.ts),
@@ -166,7 +212,7 @@ class Agent(TransportEvents):
             "message": event.message,
             **event.fields,
         }
-        self._publish(self.topics.event, encode_json(body), qos=1, retain=False)
+        self._outbox.send_event(self.topics.event, encode_json(body))
 
     async def _publish_health(self) -> None:
         interval = self.config.health.publish_interval
@@ -204,12 +250,14 @@ class Agent(TransportEvents):
     def health(self) -> dict[str, Any]:
         """The ``<base>/health`` payload."""
         now = time.time()
+        outbox = self._outbox
+        oldest = outbox.oldest_queued_ts() if outbox is not None else None
         return {
             "ts": iso_ts(now),
             "uptime_s": round(now - self.started_at, 3),
             "connected_since": iso_ts(self.connected_since) if self.connected_since else None,
-            "queue_depth": 0,
-            "oldest_queued_age_s": None,
-            "counters": dict(self.counters),
+            "queue_depth": outbox.queue_depth() if outbox is not None else 0,
+            "oldest_queued_age_s": round(max(now - oldest, 0.0), 3) if oldest else None,
+            "counters": {**self.counters, **(outbox.counters if outbox is not None else {})},
             "sensors_failed": [s.name for s in self.scheduler.slots if s.failed],
         }

@@ -20,6 +20,8 @@ def write_config(
     extra: str = "",
     mqtt_extra: str = "",
     interval: str = "200ms",
+    keepalive: int = 5,
+    protocol: str = "5",
 ) -> Path:
     """A config for one test: its own broker port, device id and state dir."""
     body = (
@@ -28,7 +30,8 @@ def write_config(
         "mqtt:\n"
         "  host: 127.0.0.1\n"
         f"  port: {port}\n"
-        "  keepalive: 5\n"
+        f"  keepalive: {keepalive}\n"
+        f'  protocol: "{protocol}"\n'
         "  reconnect: {min_delay: 0.2, max_delay: 1}\n"
         f"{mqtt_extra}"
         "sensors:\n"

@@ -17,6 +17,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +43,17 @@ class Received:
 
 
 class Collector:
-    """Subscribes to a topic filter and lets tests wait for messages with timeouts."""
+    """Subscribes to a topic filter and lets tests wait for messages with timeouts.
+
+    Args:
+        port: the broker's port on 127.0.0.1.
+        topic_filter: what to subscribe to (QoS 1).
+        protocol: MQTT 5 (default) or 3.1.1.
+        retain_as_published: (MQTT 5) see each message's real retain flag, not 0.
+        persistent_id: (MQTT 5) a client id with a persistent session: QoS 1 messages
+            published while the broker restarts are queued for it and arrive after paho
+            reconnects, so the collector misses nothing across restarts.
+    """
 
     def __init__(
         self,
@@ -48,15 +61,30 @@ class Collector:
         topic_filter: str,
         *,
         protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
+        retain_as_published: bool = False,
+        persistent_id: str | None = None,
     ) -> None:
         self.messages: list[Received] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
-        self.client.on_connect = lambda c, *a: c.subscribe(topic_filter, qos=1)
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=persistent_id or "", protocol=protocol
+        )
+        v5 = protocol == MQTTProtocolVersion.MQTTv5
+        if v5:
+            options = SubscribeOptions(qos=1, retainAsPublished=retain_as_published)
+            self.client.on_connect = lambda c, *a: c.subscribe(topic_filter, options=options)
+        else:
+            self.client.on_connect = lambda c, *a: c.subscribe(topic_filter, qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port, 30)
+        if persistent_id is not None and v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 300
+            self.client.reconnect_delay_set(1, 2)
+            self.client.connect("127.0.0.1", port, 30, clean_start=False, properties=props)
+        else:
+            self.client.connect("127.0.0.1", port, 30)
         self.client.loop_start()
         if not self._subscribed.wait(5):
             raise TimeoutError("collector did not subscribe")

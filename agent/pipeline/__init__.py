@@ -1,0 +1,1 @@
+"""The path of a reading from the scheduler to the broker: the store-and-forward outbox."""

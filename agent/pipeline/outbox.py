@@ -1,0 +1,433 @@
+"""Store-and-forward of readings between the scheduler and the transport (CONTRACT §6).
+
+Every reading goes through :class:`Outbox`. What it does depends on ``buffer.durability``:
+
+``offline`` (the default; writes to the SD card only when it must):
+    While connected a reading is published at once with its sensor's QoS and retain, and
+    kept in memory until the broker acknowledges it (``published(mid, ok)``: PUBACK or
+    PUBCOMP, or the socket write for QoS 0). On a disconnect everything still
+    unacknowledged, and every reading produced while disconnected (QoS 0 included), is
+    written to the :class:`~agent.buffer.store.MessageStore`. A ``kill -9`` while
+    connected loses what is in memory: at most the unacknowledged window, normally a few
+    milliseconds of readings.
+
+``always``:
+    Every QoS>=1 reading is written to the store *before* it is published, and its row is
+    deleted on the acknowledgement. QoS 0 readings are treated as under ``offline``.
+
+Replay: after every (re)connect - once the agent has published ``status`` and ``info`` -
+the store is drained in insertion order (so in original order per sensor), with
+``"replayed": true`` added to each payload, original ``ts`` and ``seq``, and retain
+false. At most ``replay_window`` replayed messages are unacknowledged at once (below the
+broker's receive maximum, so live messages always find room), and a loop turn sends at
+most ``replay_batch`` of them before yielding. Live readings never wait for the replay:
+they are published the moment they are produced.
+
+The transport never resends by itself (it uses a fresh paho client per connection), so a
+message unacknowledged at a disconnect is sent again only from the store. A duplicate is
+possible only when the broker got a message whose acknowledgement was lost with the
+connection, which QoS 1 permits; consumers see it by (device_id, sensor, seq).
+
+SQLite runs on the event loop. Writes are batched: everything produced in one loop turn
+goes in one transaction (``defer`` runs :meth:`Outbox.flush` at the end of the turn), and
+deletes after acknowledgements are batched the same way. Such a transaction takes about a
+millisecond (one fsync for a put) on an SD card, which the loop can afford; a reading per
+transaction is the worst case, while disconnected or under ``always``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
+
+from agent.buffer.store import MessageStore, QueuedMessage
+from agent.events import Event, EventSink, RateLimiter
+from agent.mqtt.payloads import Reading
+
+__all__ = ["Outbox", "Sender", "replayed_payload"]
+
+log = logging.getLogger(__name__)
+
+Durability = Literal["offline", "always"]
+
+#: Replayed messages unacknowledged at once (mosquitto's receive maximum is 20).
+REPLAY_WINDOW = 10
+#: Replayed messages sent per loop turn before live work gets its turn.
+REPLAY_BATCH = 10
+#: At most one ``buffer_dropping`` event per this many seconds; counts in between merge.
+DROP_REPORT_PERIOD_S = 10.0
+#: Events kept in memory while disconnected (events are not buffered on disk).
+EVENT_QUEUE = 100
+#: How often the store's ``max_age`` is enforced when nothing is written.
+LIMITS_PERIOD_S = 60.0
+
+_REPLAYED_SUFFIX = b',"replayed":true}'
+
+
+class Sender(Protocol):
+    """What the outbox publishes through: :class:`agent.mqtt.transport.Transport`."""
+
+    def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> int | None:
+        """Send now; the message id, or None if there is no connection."""
+        ...
+
+
+def replayed_payload(payload: bytes) -> bytes:
+    """The reading payload ``payload`` as it is published from the buffer.
+
+    Exactly :meth:`Reading.encode` with ``replayed=True``: that key comes last.
+
+    Raises:
+        ValueError: ``payload`` is not a JSON object.
+    """
+    body = payload.rstrip()
+    if not body.endswith(b"}") or not body.startswith(b"{"):
+        raise ValueError("a reading payload is a JSON object")
+    return body[:-1] + _REPLAYED_SUFFIX
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A message sent and not yet acknowledged. ``message.id`` is its store row, or 0."""
+
+    message: QueuedMessage
+    replay: bool
+
+
+class Outbox:
+    """Readings on their way to the broker; see the module docstring for the rules.
+
+    All methods run on the agent's event loop.
+
+    Args:
+        store: The durable buffer (opened by the caller, closed by :meth:`close`).
+        sender: Publishes on the current connection.
+        durability: ``offline`` or ``always`` (``buffer.durability``).
+        report: Receives the ``buffer_dropping`` events.
+        defer: Schedules a call for the end of the current loop turn (``loop.call_soon``);
+            None runs it at once (one transaction per message, for tests).
+        replay_window: Most replayed messages unacknowledged at once.
+        replay_batch: Most replayed messages sent per loop turn.
+        drop_report_period_s: Least time between two ``buffer_dropping`` events.
+        clock: Monotonic seconds, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: MessageStore,
+        sender: Sender,
+        durability: Durability,
+        report: EventSink,
+        defer: Callable[[Callable[[], None]], object] | None = None,
+        replay_window: int = REPLAY_WINDOW,
+        replay_batch: int = REPLAY_BATCH,
+        drop_report_period_s: float = DROP_REPORT_PERIOD_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.durability = durability
+        self.replay_window = replay_window
+        self.replay_batch = replay_batch
+        self.drop_report_period_s = drop_report_period_s
+        self._sender = sender
+        self._report = report
+        self._defer = defer
+        self._clock = clock
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("readings", "published", "acked", "buffered", "replayed", "dropped", "rejected"),
+            0,
+        )
+        self._online = False
+        self._closed = False
+        self._inflight: dict[int, _InFlight] = {}  # by message id of this connection
+        self._stored_inflight: set[int] = set()  # store rows now in flight
+        self._replay_inflight = 0
+        self._cursor = 0  # the replay has sent every row up to this id (this connection)
+        self._staged: list[QueuedMessage] = []  # to be put at the end of this loop turn
+        self._pending_delete: set[int] = set()  # acknowledged rows, deleted at turn end
+        self._flush_scheduled = False
+        self._events: deque[tuple[str, bytes]] = deque(maxlen=EVENT_QUEUE)
+        self._unreported_drops = 0
+        self._last_drop_report: float | None = None
+        self._log_limiter = RateLimiter(60.0, clock)
+        self._wake = asyncio.Event()
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def online(self) -> bool:
+        """True between the ``connected`` and ``disconnected`` events."""
+        return self._online
+
+    def queue_depth(self) -> int:
+        """Readings not yet acknowledged: in the store, staged, or in flight from memory."""
+        if self._closed:
+            return 0
+        in_memory = sum(1 for f in self._inflight.values() if not f.message.id)
+        return self.store.depth() + len(self._staged) + in_memory
+
+    def oldest_queued_ts(self) -> float | None:
+        """Sample time (unix s) of the oldest reading not yet acknowledged, or None."""
+        if self._closed:
+            return None
+        times = [m.ts for m in self._staged]
+        times += [f.message.ts for f in self._inflight.values() if not f.message.id]
+        stored = self.store.oldest_ts()
+        if stored is not None:
+            times.append(stored)
+        return min(times, default=None)
+
+    # -- input ---------------------------------------------------------------------------
+
+    def submit(self, reading: Reading, *, topic: str, qos: int, retain: bool) -> None:
+        """Send a fresh reading, or keep it for later; never blocks on the network."""
+        if self._closed:
+            return
+        self.counters["readings"] += 1
+        message = QueuedMessage(
+            topic=topic,
+            payload=replace(reading, replayed=False).encode(),
+            qos=qos,
+            sensor=reading.sensor,
+            seq=reading.seq,
+            ts=reading.ts,
+        )
+        if self.durability == "always" and qos >= 1:
+            (row_id,) = self.store.put([message])
+            self.counters["buffered"] += 1
+            message = replace(message, id=row_id)
+            self._check_dropped()
+            if self._online and not self._send(message, retain=retain, replay=False):
+                self.disconnected()  # the transport knew first; its event follows
+            return
+        if self._online:
+            if self._send(message, retain=retain, replay=False):
+                return
+            # The connection is gone and its event not handled yet: store what is in
+            # flight *before* this reading, or the replay would put it out of order.
+            self._staged.append(message)
+            self.disconnected()
+            return
+        self._staged.append(message)
+        self._schedule_flush()
+
+    def send_event(self, topic: str, payload: bytes) -> None:
+        """Publish an event (QoS 1, not retained) now, or when connected again.
+
+        Events wait in memory only (the newest :data:`EVENT_QUEUE`): they describe the
+        agent, and are not worth an SD card write each.
+        """
+        if self._closed:
+            return
+        if self._online and self._sender.publish(topic, payload, qos=1, retain=False) is not None:
+            return
+        self._events.append((topic, payload))
+
+    # -- transport events ----------------------------------------------------------------
+
+    def connected(self) -> None:
+        """The connection is up and ``status``/``info`` are sent: events, then replay."""
+        if self._closed:
+            return
+        self._online = True
+        self._cursor = 0
+        while self._events and self._online:
+            topic, payload = self._events[0]
+            if self._sender.publish(topic, payload, qos=1, retain=False) is None:
+                break
+            self._events.popleft()
+        self._report_drops()
+        self._wake.set()
+
+    def disconnected(self) -> None:
+        """The connection is gone: whatever it did not acknowledge goes to the store."""
+        if self._closed:
+            return
+        self._online = False
+        self._save_unacknowledged()
+        self._cursor = 0
+
+    def published(self, mid: int, ok: bool) -> None:
+        """The broker acknowledged message ``mid`` (``ok`` False: it refused it)."""
+        entry = self._inflight.pop(mid, None)
+        if entry is None or self._closed:
+            return  # not ours (status, info, events)
+        if entry.replay:
+            self._replay_inflight -= 1
+            self._wake.set()
+        if ok:
+            self.counters["acked"] += 1
+        else:
+            # A refusal (e.g. "not authorized") is final: sending it again would loop.
+            self.counters["rejected"] += 1
+            if self._log_limiter.allow("rejected"):
+                log.error("the broker refused a reading on %s; not retrying", entry.message.topic)
+        if entry.message.id:
+            self._stored_inflight.discard(entry.message.id)
+            self._pending_delete.add(entry.message.id)
+            self._schedule_flush()
+
+    # -- replay --------------------------------------------------------------------------
+
+    def pump(self) -> bool:
+        """Send the next replay batch, within the window.
+
+        Returns:
+            True when it made progress and should be called again (after yielding).
+        """
+        if self._closed or not self._online:
+            return False
+        room = min(self.replay_window - self._replay_inflight, self.replay_batch)
+        if room <= 0:
+            return False
+        rows = self.store.take(room, after_id=self._cursor)
+        if not rows:
+            return False
+        for row in rows:
+            self._cursor = row.id
+            if row.id in self._stored_inflight or row.id in self._pending_delete:
+                continue  # a live ``always`` reading in flight, or acknowledged already
+            if not self._send(row, retain=False, replay=True):
+                return False  # connection lost: the disconnected event follows
+        return True
+
+    async def run(self) -> None:
+        """Replay whenever there is something to replay; enforce limits. Until cancelled."""
+        next_limits = self._clock() + LIMITS_PERIOD_S
+        while True:
+            # Wake at least every second. Not asyncio.wait_for: on 3.11 it can swallow a
+            # cancellation that coincides with the event being set, and stop would hang.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._closed:
+                return
+            if self._clock() >= next_limits:
+                next_limits = self._clock() + LIMITS_PERIOD_S
+                self.store.enforce_limits()
+                self._check_dropped()
+            self._report_drops()
+            while self.pump():
+                await asyncio.sleep(0)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for every message in flight to be acknowledged."""
+        deadline = self._clock() + timeout
+        while self._inflight and self._online and self._clock() < deadline:
+            await asyncio.sleep(0.02)
+
+    # -- the store -----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write staged readings and delete acknowledged rows, one transaction each."""
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        if self._pending_delete:
+            done, self._pending_delete = self._pending_delete, set()
+            self.store.delete(done)
+        if self._staged:
+            staged, self._staged = self._staged, []
+            self._put(staged)
+
+    def close(self) -> None:
+        """Keep everything unacknowledged in the store, then close it; idempotent.
+
+        Called on SIGTERM after the transport stopped, so the next start replays what
+        this one could not deliver.
+        """
+        if self._closed:
+            return
+        self._online = False
+        try:
+            self._save_unacknowledged()
+        finally:
+            self._closed = True
+            self._wake.set()
+            self.store.close()
+
+    def _save_unacknowledged(self) -> None:
+        """Put in-flight readings not yet stored, then staged ones, in one transaction."""
+        if self._pending_delete:
+            done, self._pending_delete = self._pending_delete, set()
+            self.store.delete(done)
+        unacked = [f.message for f in self._inflight.values() if not f.message.id]
+        staged, self._staged = self._staged, []
+        self._inflight.clear()
+        self._stored_inflight.clear()
+        self._replay_inflight = 0
+        self._put(unacked + staged)
+
+    def _put(self, messages: list[QueuedMessage]) -> None:
+        if not messages:
+            return
+        self.store.put(messages)
+        self.counters["buffered"] += len(messages)
+        self._check_dropped()
+
+    def _schedule_flush(self) -> None:
+        if self._defer is None:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._defer(self.flush)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _send(self, message: QueuedMessage, *, retain: bool, replay: bool) -> bool:
+        payload = replayed_payload(message.payload) if replay else message.payload
+        mid = self._sender.publish(message.topic, payload, qos=message.qos, retain=retain)
+        if mid is None:
+            return False
+        self._inflight[mid] = _InFlight(message, replay)
+        self.counters["published"] += 1
+        if message.id:
+            self._stored_inflight.add(message.id)
+        if replay:
+            self._replay_inflight += 1
+            self.counters["replayed"] += 1
+        return True
+
+    # -- limits --------------------------------------------------------------------------
+
+    def _check_dropped(self) -> None:
+        dropped = self.store.pop_dropped()
+        if not dropped:
+            return
+        self.counters["dropped"] += dropped
+        self._unreported_drops += dropped
+        if self._log_limiter.allow("dropped"):
+            log.warning(
+                "buffer at its limits (max_messages %d, max_age %gs): dropping the oldest",
+                self.store.max_messages,
+                self.store.max_age_s,
+            )
+        self._report_drops()
+
+    def _report_drops(self) -> None:
+        """Publish the merged drop count, at most once per period and only when online."""
+        if not self._unreported_drops or not self._online:
+            return
+        now = self._clock()
+        last = self._last_drop_report
+        if last is not None and now - last < self.drop_report_period_s:
+            return  # run() tries again every second
+        dropped, self._unreported_drops = self._unreported_drops, 0
+        self._last_drop_report = now
+        self._report(
+            Event(
+                "buffer_dropping",
+                f"the buffer dropped its {dropped} oldest readings"
+                f" (max_messages {self.store.max_messages}, max_age {self.store.max_age_s:g}s)",
+                "warning",
+                {"dropped": dropped},
+            )
+        )

@@ -1,0 +1,323 @@
+"""Store-and-forward (CONTRACT §6): the real agent, a real mosquitto, a real broken network.
+
+The FaultProxy sits between the agent and the broker; collectors connect to the broker
+directly, so they see everything that reaches it, whatever the agent's link does.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+from agent.demo.broker import PrivateBroker
+from tests.support.configs import write_config
+from tests.support.faultproxy import FaultProxy
+from tests.support.mqtt import AgentProcess, Collector, Received
+
+pytestmark = pytest.mark.e2e
+
+FIVE_SENSORS = "".join(
+    f"  s{n}:\n    driver: system\n    interval: 100ms\n    thermal_zone: {n}\n" for n in range(5)
+)
+
+
+def readings(c: Collector, base: str) -> list[Received]:
+    prefix = f"{base}/sensor/"
+    return [m for m in list(c.messages) if m.topic.startswith(prefix)]
+
+
+def seqs_by_sensor(messages: Iterable[Received]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for m in messages:
+        body = m.json()
+        out.setdefault(body["sensor"], []).append(body["seq"])
+    return out
+
+
+def wait_complete(c: Collector, base: str, sensors: int, timeout: float = 15.0) -> None:
+    """Wait until every sensor's seqs seen so far form 1..max (snapshot of max now)."""
+    deadline = time.monotonic() + timeout
+    targets: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        seen = seqs_by_sensor(readings(c, base))
+        if len(seen) == sensors:
+            if not targets:
+                targets = {s: max(v) for s, v in seen.items()}
+            if all(set(range(1, targets[s] + 1)) <= set(seen[s]) for s in targets):
+                return
+        time.sleep(0.1)
+    seen = seqs_by_sensor(readings(c, base))
+    missing = {s: sorted(set(range(1, t + 1)) - set(seen.get(s, []))) for s, t in targets.items()}
+    raise AssertionError(f"readings never arrived: {missing}")
+
+
+def assert_no_loss(c: Collector, base: str) -> dict[str, list[Received]]:
+    """Per sensor: seqs are exactly 1..max; live ones arrive in order; returns by sensor."""
+    by_sensor: dict[str, list[Received]] = {}
+    for m in readings(c, base):
+        by_sensor.setdefault(m.json()["sensor"], []).append(m)
+    for sensor, msgs in by_sensor.items():
+        seqs = [m.json()["seq"] for m in msgs]
+        assert set(seqs) == set(range(1, max(seqs) + 1)), (sensor, sorted(seqs))
+        live = [m.json()["seq"] for m in msgs if not m.json().get("replayed")]
+        assert live == sorted(live), (sensor, live)
+        replayed = [m.json()["seq"] for m in msgs if m.json().get("replayed")]
+        assert replayed == sorted(replayed) or len(set(replayed)) < len(replayed), replayed
+    return by_sensor
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_broker_unreachable_at_start_then_everything_is_delivered(
+    tmp_path: Path,
+    broker: PrivateBroker,
+    device_id: str,
+    agents: Callable[..., AgentProcess],
+    protocol: str,
+) -> None:
+    base = f"edge/{device_id}"
+    sensors = "  pi:\n    driver: system\n    interval: 100ms\n    retain: true\n"
+    with (
+        FaultProxy(broker.port) as proxy,
+        Collector(broker.port, f"{base}/#", retain_as_published=True) as c,
+    ):
+        proxy.refuse()
+        config = write_config(
+            tmp_path / "c.yaml",
+            port=proxy.port,
+            device_id=device_id,
+            sensors=sensors,
+            protocol=protocol,
+        )
+        agent = agents(config)
+        time.sleep(1.5)
+        assert not readings(c, base)
+        proxy.heal()
+        c.wait_for(lambda m: m.topic.endswith("/sensor/pi") and not m.json().get("replayed"))
+        wait_complete(c, base, 1)
+        agent.stop()
+    (msgs,) = assert_no_loss(c, base).values()
+    replayed = [m for m in msgs if m.json().get("replayed")]
+    assert len(replayed) >= 8, "the outage was 1.5 s at 10 Hz"
+    assert [m.json()["seq"] for m in replayed] == list(range(1, len(replayed) + 1))
+    assert not any(m.retain for m in replayed), "a replayed reading must not be retained"
+    assert any(m.retain for m in msgs if not m.json().get("replayed")), "live ones are"
+    status = c.on(f"{base}/status")[0]
+    assert status.text == "online" and status.at <= replayed[0].at, "replay after status"
+
+
+def test_many_connection_cuts_lose_no_reading_of_five_sensors(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    base = f"edge/{device_id}"
+    with FaultProxy(broker.port) as proxy, Collector(broker.port, f"{base}/#") as c:
+        config = write_config(
+            tmp_path / "c.yaml", port=proxy.port, device_id=device_id, sensors=FIVE_SENSORS
+        )
+        agent = agents(config)
+        c.topic(f"{base}/status")
+        for i in range(8):
+            time.sleep(0.4 + 0.1 * (i % 3))
+            proxy.cut()
+            if i % 2:  # a broker briefly down, not only a reset
+                proxy.refuse()
+                time.sleep(0.3)
+                proxy.heal()
+        wait_complete(c, base, 5)
+        agent.stop()
+    by_sensor = assert_no_loss(c, base)
+    assert len(by_sensor) == 5
+    replayed = sum(1 for ms in by_sensor.values() for m in ms if m.json().get("replayed"))
+    assert replayed >= 20, "the cuts should have made the agent buffer"
+    total = sum(len(ms) for ms in by_sensor.values())
+    distinct = sum(len({m.json()["seq"] for m in ms}) for ms in by_sensor.values())
+    assert total - distinct <= 8 * 5, "duplicates only from acks lost with a connection"
+    assert len(c.on(f"{base}/status")) >= 9, "online again after every cut"
+
+
+def test_broker_restarts_lose_no_reading(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    base = f"edge/{device_id}"
+    sensors = "".join(
+        f"  s{n}:\n    driver: system\n    interval: 100ms\n    thermal_zone: {n}\n"
+        for n in range(2)
+    )
+    config = write_config(
+        tmp_path / "c.yaml", port=broker.port, device_id=device_id, sensors=sensors
+    )
+    # A persistent session: mosquitto (persistence on) keeps what arrives for it while it
+    # restarts and the collector is reconnecting.
+    with Collector(broker.port, f"{base}/#", persistent_id=f"collector-{device_id}") as c:
+        agent = agents(config)
+        c.topic(f"{base}/status")
+        for _ in range(3):
+            time.sleep(0.8)
+            broker.restart()
+        wait_complete(c, base, 2)
+        agent.stop()
+    by_sensor = assert_no_loss(c, base)
+    assert any(m.json().get("replayed") for ms in by_sensor.values() for m in ms)
+
+
+def test_blackholed_link_is_detected_and_its_readings_arrive_after_heal(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    base = f"edge/{device_id}"
+    keepalive = 5
+    with FaultProxy(broker.port) as proxy, Collector(broker.port, f"{base}/#") as c:
+        config = write_config(
+            tmp_path / "c.yaml",
+            port=proxy.port,
+            device_id=device_id,
+            interval="100ms",
+            keepalive=keepalive,
+        )
+        agent = agents(config)
+        c.topic(f"{base}/sensor/pi", count=3)
+        proxy.blackhole()
+        blackholed = time.monotonic()
+        # paho sends PINGREQ after `keepalive` s without a packet from the broker, and gives
+        # up `keepalive` s later: detection takes at most 2 x keepalive.
+        deadline = blackholed + 2 * keepalive + 1.5
+        while "disconnected from the broker" not in agent.log():
+            assert time.monotonic() < deadline, agent.log()
+            time.sleep(0.1)
+        detected_after = time.monotonic() - blackholed
+        proxy.heal()
+        # (The broker's own keepalive published the Will "offline" meanwhile.)
+        online = c.wait_for(lambda m: m.topic == f"{base}/status" and m.text == "online", count=2)
+        c.wait_for(
+            lambda m: "sensor" in m.topic and m.at > online[1].at and "replayed" not in m.text
+        )
+        wait_complete(c, base, 1)
+        agent.stop()
+    (msgs,) = assert_no_loss(c, base).values()
+    replayed = [m for m in msgs if m.json().get("replayed")]
+    assert len(replayed) >= detected_after * 10 * 0.8, (len(replayed), detected_after)
+
+
+def test_kill_during_an_outage_then_restart_delivers_the_buffer(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    base = f"edge/{device_id}"
+    with FaultProxy(broker.port) as proxy, Collector(broker.port, f"{base}/#") as c:
+        config = write_config(
+            tmp_path / "c.yaml", port=proxy.port, device_id=device_id, interval="100ms"
+        )
+        first = agents(config)
+        c.topic(f"{base}/sensor/pi", count=3)
+        proxy.refuse()
+        proxy.cut()
+        time.sleep(1.5)
+        first.stop(kill=True)
+        proxy.heal()
+        agents(config)
+        c.wait_for(
+            lambda m: m.topic == f"{base}/sensor/pi" and not m.json().get("replayed"), count=8
+        )
+        time.sleep(0.5)
+    msgs = [m.json() for m in c.on(f"{base}/sensor/pi")]
+    seqs = [m["seq"] for m in msgs]
+    assert len(seqs) == len(set(seqs)), "no seq delivered twice"
+    # After a crash the counter resumes at its last reservation (blocks of 1000): a gap,
+    # never a repeat.
+    first_run = sorted(s for s in seqs if s <= 1000)
+    assert first_run == list(range(1, len(first_run) + 1)), first_run
+    buffered = [m["seq"] for m in msgs if m.get("replayed") and m["seq"] <= 1000]
+    assert len(buffered) >= 10, "1.5 s of readings at 10 Hz were buffered and delivered"
+    second_run = sorted(s for s in seqs if s > 1000)
+    assert second_run == list(range(1001, 1001 + len(second_run))), second_run
+
+
+def test_durability_always_keeps_readings_in_flight_at_a_kill(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    base = f"edge/{device_id}"
+    with FaultProxy(broker.port) as proxy, Collector(broker.port, f"{base}/#") as c:
+        config = write_config(
+            tmp_path / "c.yaml",
+            port=proxy.port,
+            device_id=device_id,
+            interval="100ms",
+            extra="buffer:\n  durability: always\n",
+        )
+        first = agents(config)
+        c.topic(f"{base}/sensor/pi", count=3)
+        proxy.delay(0.4)  # ~8 readings sent but not acknowledged at any moment
+        time.sleep(1.5)
+        first.stop(kill=True)
+        with sqlite3.connect(tmp_path / "state" / "buffer.db") as db:
+            stored = [row[0] for row in db.execute("SELECT seq FROM messages ORDER BY id")]
+        assert len(stored) >= 3, "readings in flight were on disk before they were sent"
+        highest = max(stored)
+        proxy.heal()
+        agents(config)
+        c.wait_for(
+            lambda m: m.topic == f"{base}/sensor/pi" and m.json()["seq"] > highest, timeout=10
+        )
+        time.sleep(0.5)
+    seqs = {m.json()["seq"] for m in c.on(f"{base}/sensor/pi")}
+    assert set(range(1, highest + 1)) <= seqs, sorted(set(range(1, highest + 1)) - seqs)
+
+
+def test_full_buffer_drops_exactly_the_oldest_and_says_how_many(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    base = f"edge/{device_id}"
+    with FaultProxy(broker.port) as proxy, Collector(broker.port, f"{base}/#") as c:
+        proxy.refuse()
+        config = write_config(
+            tmp_path / "c.yaml",
+            port=proxy.port,
+            device_id=device_id,
+            interval="100ms",
+            extra="buffer:\n  max_messages: 20\n",
+        )
+        agent = agents(config)
+        time.sleep(3.5)
+        proxy.heal()
+        event = c.wait_for(
+            lambda m: m.topic == f"{base}/event" and m.json()["kind"] == "buffer_dropping"
+        )[0].json()
+        c.wait_for(lambda m: m.topic == f"{base}/sensor/pi" and not m.json().get("replayed"))
+        time.sleep(0.5)
+        agent.signal(signal.SIGTERM)
+        assert agent.wait() == 0
+    dropped = event["dropped"]
+    assert dropped >= 10, event
+    assert event["level"] == "warning"
+    seqs = sorted(m.json()["seq"] for m in c.on(f"{base}/sensor/pi"))
+    assert seqs == list(range(dropped + 1, seqs[-1] + 1)), (dropped, seqs)
+    replayed = [m for m in c.on(f"{base}/sensor/pi") if m.json().get("replayed")]
+    assert len(replayed) == 20, "the buffer held exactly max_messages"
+    assert sum(m.json()["kind"] == "buffer_dropping" for m in c.on(f"{base}/event")) == 1
+
+
+def test_sigterm_keeps_unacknowledged_readings_for_the_next_start(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    base = f"edge/{device_id}"
+    with FaultProxy(broker.port) as proxy, Collector(broker.port, f"{base}/#") as c:
+        config = write_config(
+            tmp_path / "c.yaml", port=proxy.port, device_id=device_id, interval="100ms"
+        )
+        first = agents(config)
+        c.topic(f"{base}/sensor/pi", count=3)
+        proxy.blackhole()  # connected, but nothing is acknowledged any more
+        time.sleep(1.0)
+        first.signal(signal.SIGTERM)
+        assert first.wait() == 0, first.log()
+        proxy.heal()
+        agents(config)
+        c.wait_for(
+            lambda m: m.topic == f"{base}/sensor/pi" and not m.json().get("replayed"), count=8
+        )
+        wait_complete(c, base, 1)
+    seqs = [m.json()["seq"] for m in c.on(f"{base}/sensor/pi")]
+    assert set(seqs) == set(range(1, max(seqs) + 1)), "a clean restart leaves no seq gap"
+    assert sum(1 for m in c.on(f"{base}/sensor/pi") if m.json().get("replayed")) >= 8

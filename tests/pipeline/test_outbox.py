@@ -1,0 +1,167 @@
+"""The outbox's rules, without a broker: a fake sender and a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.buffer.store import MessageStore
+from agent.events import Event
+from agent.mqtt.payloads import Reading
+from agent.pipeline.outbox import Durability, Outbox, replayed_payload
+
+
+class FakeSender:
+    """Records publishes; ``up`` False refuses them as a lost connection would."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.sent: list[tuple[int, str, dict[str, object], int, bool]] = []
+        self._mid = 0
+
+    def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> int | None:
+        if not self.up:
+            return None
+        self._mid += 1
+        self.sent.append((self._mid, topic, json.loads(payload), qos, retain))
+        return self._mid
+
+    def seqs(self) -> list[int]:
+        return [int(body["seq"]) for _, _, body, _, _ in self.sent]  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[MessageStore]:
+    with MessageStore(tmp_path / "buffer.db", max_messages=50) as s:
+        yield s
+
+
+def make(
+    store: MessageStore, durability: Durability = "offline"
+) -> tuple[Outbox, FakeSender, list[Event]]:
+    sender = FakeSender()
+    events: list[Event] = []
+    outbox = Outbox(store=store, sender=sender, durability=durability, report=events.append)
+    return outbox, sender, events
+
+
+def submit(outbox: Outbox, seq: int, *, qos: int = 1, retain: bool = True) -> None:
+    reading = Reading(sensor="air", ts=1_800_000_000.0 + seq, seq=seq, values={"t": 20.5})
+    outbox.submit(reading, topic="edge/d/sensor/air", qos=qos, retain=retain)
+
+
+def test_replayed_payload_is_the_reading_encoded_as_replayed() -> None:
+    reading = Reading(sensor="air", ts=1_800_000_000.123, seq=7, values={"t": 1.25})
+    assert (
+        replayed_payload(reading.encode())
+        == Reading(sensor="air", ts=reading.ts, seq=7, values={"t": 1.25}, replayed=True).encode()
+    )
+
+
+def test_offline_mode_writes_nothing_while_acknowledged(store: MessageStore) -> None:
+    outbox, sender, _ = make(store)
+    outbox.connected()
+    for seq in (1, 2, 3):
+        submit(outbox, seq)
+    for mid, *_ in sender.sent:
+        outbox.published(mid, True)
+    assert store.depth() == 0 and outbox.queue_depth() == 0
+    assert outbox.counters["acked"] == 3
+
+
+def test_offline_mode_stores_the_unacknowledged_and_what_comes_while_disconnected(
+    store: MessageStore,
+) -> None:
+    outbox, sender, _ = make(store)
+    outbox.connected()
+    submit(outbox, 1)
+    submit(outbox, 2)
+    outbox.published(sender.sent[0][0], True)
+    sender.up = False
+    submit(outbox, 3, qos=0)  # the transport knew before the outbox did
+    outbox.disconnected()
+    submit(outbox, 4, qos=0)
+    assert [m.seq for m in store.take(10)] == [2, 3, 4]
+    assert outbox.queue_depth() == 3
+
+
+def test_replay_is_in_order_windowed_flagged_and_not_retained(store: MessageStore) -> None:
+    outbox, sender, _ = make(store)
+    for seq in range(1, 26):
+        submit(outbox, seq)
+    assert store.depth() == 25 and not sender.sent
+    outbox.connected()
+    while outbox.pump():
+        pass
+    assert sender.seqs() == list(range(1, 11)), "at most replay_window unacknowledged"
+    assert all(
+        body["replayed"] is True and retain is False for _, _, body, _, retain in sender.sent
+    )
+    for mid, *_ in list(sender.sent):
+        outbox.published(mid, True)
+    while outbox.pump():
+        pass
+    assert sender.seqs() == list(range(1, 21))
+    outbox.flush()
+    assert store.depth() == 15
+
+
+def test_live_readings_go_out_during_a_replay(store: MessageStore) -> None:
+    outbox, sender, _ = make(store)
+    for seq in range(1, 31):
+        submit(outbox, seq)
+    outbox.connected()
+    outbox.pump()
+    submit(outbox, 31)
+    assert sender.seqs()[-1] == 31 and "replayed" not in sender.sent[-1][2]
+
+
+def test_always_mode_stores_before_sending_and_deletes_on_ack(store: MessageStore) -> None:
+    outbox, sender, _ = make(store, "always")
+    outbox.connected()
+    submit(outbox, 1)
+    assert store.depth() == 1 and sender.seqs() == [1]
+    while outbox.pump():
+        pass
+    assert sender.seqs() == [1], "a live reading in flight is not replayed as well"
+    outbox.published(sender.sent[0][0], True)
+    assert store.depth() == 0
+    submit(outbox, 2, qos=0)
+    assert store.depth() == 0, "QoS 0 is not written while connected"
+
+
+def test_always_mode_replays_what_was_in_flight_at_a_disconnect(store: MessageStore) -> None:
+    outbox, sender, _ = make(store, "always")
+    outbox.connected()
+    submit(outbox, 1)
+    outbox.disconnected()
+    outbox.connected()
+    while outbox.pump():
+        pass
+    assert sender.seqs() == [1, 1] and sender.sent[1][2]["replayed"] is True
+
+
+def test_dropped_readings_are_reported_once_merged_when_online(store: MessageStore) -> None:
+    outbox, _, events = make(store)
+    for seq in range(1, 71):  # max_messages is 50
+        submit(outbox, seq)
+    assert not events, "reported when it can be published"
+    outbox.connected()
+    (event,) = events
+    assert event.kind == "buffer_dropping" and event.fields == {"dropped": 20}
+    assert [m.seq for m in store.take(1)] == [21], "the oldest went"
+
+
+def test_close_keeps_what_is_unacknowledged(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path / "b.db")
+    outbox, sender, _ = make(store)
+    outbox.connected()
+    submit(outbox, 1)
+    submit(outbox, 2)
+    outbox.published(sender.sent[0][0], True)
+    outbox.close()
+    with MessageStore(tmp_path / "b.db") as reopened:
+        assert [m.seq for m in reopened.take(10)] == [2]
