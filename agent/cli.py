@@ -130,7 +130,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from agent.mqtt.payloads import Reading, round_to_resolution
+    from agent.mqtt.payloads import Reading, round_values
     from agent.runtime.hardware_setup import guarded_open, make_hardware, spec_of
     from drivers.base import Sensor
     from drivers.errors import DriverError
@@ -158,12 +158,7 @@ def cmd_read(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
                 continue
-            values = {
-                q: round_to_resolution(v, spec.quantities[q].resolution)
-                if q in spec.quantities
-                else v
-                for q, v in raw.items()
-            }
+            values = round_values(raw, spec.quantities)
             reading = Reading(sensor=name, ts=ts, seq=seq, values=values)
             print(reading.encode().decode())
     finally:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import msgspec
+
+from drivers.base import Quantity
 
 _encoder = msgspec.json.Encoder()
 
@@ -44,6 +47,16 @@ def round_to_resolution(value: float, resolution: float) -> float:
     if resolution >= 1:
         return float(round(value / resolution) * resolution)
     return round(value, decimals)
+
+
+def round_values(raw: Mapping[str, float], quantities: Mapping[str, Quantity]) -> dict[str, float]:
+    """Each value rounded to its quantity's resolution; unknown quantities as they are."""
+    return {
+        name: round_to_resolution(value, quantities[name].resolution)
+        if name in quantities
+        else value
+        for name, value in raw.items()
+    }
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.events import Event, EventSink, RateLimiter
-from agent.mqtt.payloads import Reading, round_to_resolution
+from agent.mqtt.payloads import Reading, round_values
 from drivers.base import DriverSpec, Sensor, SensorOptions
 from drivers.errors import DriverError, PermanentError, TransientError
 
@@ -205,10 +205,7 @@ class Scheduler:
             raise TransientError(f"read did not finish within {slot.timeout_s:g}s") from None
 
     def _success(self, slot: SensorSlot, ts: float, raw: dict[str, float]) -> None:
-        values = {}
-        for quantity, value in raw.items():
-            q = slot.spec.quantities.get(quantity)
-            values[quantity] = round_to_resolution(value, q.resolution) if q else value
+        values = round_values(raw, slot.spec.quantities)
         slot.reads += 1
         slot.consecutive_failures = 0
         slot.last_values = values
