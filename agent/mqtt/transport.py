@@ -13,6 +13,11 @@ duplicate its in-flight window; a fresh client carries nothing over. The broker 
 (``clean_start=False``) is kept, and so is the packet id counter (see ``_make_client``).
 :meth:`Transport.publish` likewise refuses while disconnected instead of letting paho
 queue in memory.
+
+A dead link that still looks open (a blackhole: a Wi-Fi gone quiet, a NAT that forgot us)
+is noticed within 1.5 x keepalive by a watchdog on the network thread (see
+:meth:`Transport._watch_link`); paho alone would take up to 2 x keepalive. Connection
+errors are logged once, as a sentence naming the setting to check, not once per retry.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +43,36 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.config.model import MQTTConfig
 
 log = logging.getLogger(__name__)
+
+#: Without a packet from the broker for this many keepalives, the watchdog sends a PINGREQ,
+#: which a live broker answers at once.
+PING_AFTER_KEEPALIVES = 0.5
+#: Without a packet from the broker for this many keepalives, the connection is given up.
+#: (The broker, for its part, gives us up after 1.5 x keepalive of silence: MQTT 3.1.2.10.)
+DEAD_AFTER_KEEPALIVES = 1.5
+
+# paho logs every packet it receives as "Received <TYPE> ..." (see Transport._on_log).
+_RECEIVED = "Received "
+
+# CONNACK refusals (MQTT 5 reason codes; paho maps MQTT 3.1.1 return codes onto them) as
+# sentences that say what to check.
+_REFUSALS = {
+    0x84: "the broker does not support MQTT {protocol} (check mqtt.protocol)",
+    0x85: "the broker rejected the client id {client_id!r} (check mqtt.client_id)",
+    0x86: "bad user name or password (check mqtt.username and mqtt.password/password_file)",
+    0x87: (
+        "not authorised: the broker refused these credentials or this client"
+        " (check mqtt.username, mqtt.password/password_file and the broker's ACL)"
+    ),
+    0x88: "the broker is unavailable",
+    0x89: "the broker is busy",
+    0x8A: "this client is banned by the broker",
+    0x8C: "the broker wants another authentication method",
+    0x97: "the broker's quota for this client is exceeded",
+    0x9C: "the broker asks to use another server",
+    0x9D: "the broker has moved to another server",
+    0x9F: "the broker's connection rate limit is exceeded",
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +113,15 @@ class TransportEvents:
 
     def message(self, message: IncomingMessage) -> None:
         """A message arrived on a subscription."""
+
+
+def refusal_message(reason_code: ReasonCode, *, protocol: str, client_id: str) -> str:
+    """A sentence for a CONNACK that refused the connection."""
+    template = _REFUSALS.get(reason_code.value)
+    if template is None:
+        return f"the broker refused the connection: {reason_code}"
+    sentence = template.format(protocol=protocol, client_id=client_id)
+    return f"the broker refused the connection: {sentence} [{reason_code}]"
 
 
 def backoff_delay(attempt: int, *, min_delay: float, max_delay: float, rng: random.Random) -> float:
@@ -120,6 +166,16 @@ class Transport:
         # Held while publishing and while swapping in a fresh client, so that a publish
         # never lands in a client that is not (or no longer) the connected one.
         self._publish_lock = threading.Lock()
+        # The network thread wakes at least this often, for the watchdog.
+        self._tick_s = min(1.0, settings.keepalive / 10)
+        self._watchdog = True
+        # What happened to the current connection attempt (network thread only).
+        self._got_connack = False
+        self._last_in = time.monotonic()  # when the broker last sent us anything
+        self._ping_sent_at: float | None = None  # our PINGREQ, unanswered so far
+        self._drop_reason: str | None = None
+        self._socket_error: str | None = None
+        self._closed_reason: str | None = None
         self.client = self._make_client(client_id, will)
 
     # -- set-up --------------------------------------------------------------------------
@@ -153,6 +209,14 @@ class Transport:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_log = self._on_log
+        if self._watchdog and not callable(getattr(client, "_send_pingreq", None)):
+            self._watchdog = False
+            log.warning(
+                "this paho-mqtt has no _send_pingreq: a dead link is noticed only after"
+                " up to 2 x keepalive"
+            )
         previous: paho.Client | None = getattr(self, "client", None)
         if previous is not None:
             # Continue the packet ids of the previous client rather than restarting at 1:
@@ -168,6 +232,27 @@ class Transport:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        """Nothing to do: its presence alone keeps paho from writing on the caller's thread.
+
+        Without it, paho's ``publish()`` (called on the asyncio thread) writes to the socket
+        itself while the network thread may be writing too: two threads then interleave
+        packets (out of order) and, on a TLS socket, corrupt the stream (the broker drops
+        the connection with "Protocol error"). With it, ``publish()`` only queues and wakes
+        ``loop()``, and every write happens on the network thread.
+        """
+
+    def _on_log(self, client: paho.Client, userdata: Any, level: int, buf: str) -> None:
+        if buf.startswith(_RECEIVED):
+            # A packet from the broker, PINGRESP included: paho's only report of a
+            # PINGRESP, and more truthful than its private "last received" time, which
+            # its own keepalive check resets without anything having arrived.
+            self._last_in = time.monotonic()
+        elif level == paho.MQTT_LOG_ERR and self._socket_error is None:
+            # paho says why a socket failed (a TLS alert, a reset) only in its log; the
+            # first error of an attempt is the cause, later ones are consequences.
+            self._socket_error = buf
+
     def _on_connect(
         self,
         client: paho.Client,
@@ -176,8 +261,13 @@ class Transport:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self._got_connack = True
         if reason_code.is_failure:
-            self._report(f"broker refused the connection: {reason_code}")
+            self._report(
+                refusal_message(
+                    reason_code, protocol=self.settings.protocol, client_id=self._client_id
+                )
+            )
             return
         self._last_error = None
         self.connects += 1
@@ -196,8 +286,16 @@ class Transport:
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
-        if was_connected:
-            self._loop.call_soon_threadsafe(self._events.disconnected, str(reason_code))
+        self._closed_reason = str(reason_code)
+        if not was_connected:
+            return
+        if self._drop_reason is not None:
+            reason = self._drop_reason
+        elif reason_code == ReasonCode(PacketTypes.DISCONNECT, "Keep alive timeout"):
+            reason = "the broker did not answer a ping: the link is dead or blackholed"
+        else:
+            reason = str(reason_code)
+        self._loop.call_soon_threadsafe(self._events.disconnected, reason)
 
     def _on_publish(
         self,
@@ -227,6 +325,9 @@ class Transport:
 
     def _connect_once(self) -> None:
         s = self.settings
+        self._got_connack = False
+        self._drop_reason = self._socket_error = self._closed_reason = None
+        self._last_in, self._ping_sent_at = time.monotonic(), None
         with self._publish_lock:
             self.client = self._make_client(self._client_id, self._will)
         if self.v5:
@@ -245,23 +346,21 @@ class Transport:
             try:
                 self._connect_once()
             except ssl.SSLCertVerificationError as e:
-                self._report(f"TLS certificate of {s.host} rejected: {e.verify_message}")
-            except (OSError, ssl.SSLError, ValueError) as e:
+                check = "mqtt.host" if "mismatch" in str(e.verify_message) else "mqtt.tls.ca_certs"
+                self._report(
+                    f"TLS: the certificate of the broker at {s.host}:{s.effective_port} is not"
+                    f" trusted ({e.verify_message}; check {check}); not connecting without TLS"
+                )
+            except ssl.SSLError as e:
+                self._report(self._tls_failed(str(e)))
+            except (OSError, ValueError) as e:
                 self._report(f"cannot connect to {s.host}:{s.effective_port}: {e}")
             else:
-                rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-                while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    rc = self.client.loop(timeout=1.0)
-                if self._connected.is_set():
-                    self._on_disconnect(
-                        self.client,
-                        None,
-                        paho.DisconnectFlags(False),
-                        ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"),
-                        None,
-                    )
+                self._serve()
                 if self._stop.is_set():
                     break
+                if not self._got_connack:
+                    self._report(self._closed_before_connack())
                 attempt = 0 if self.connects and self._last_error is None else attempt
             delay = backoff_delay(
                 attempt,
@@ -271,6 +370,110 @@ class Transport:
             )
             attempt += 1
             self._stop.wait(delay)
+
+    def _serve(self) -> None:
+        """Drive paho until the connection ends (or we stop)."""
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            rc = self.client.loop(timeout=self._tick_s)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._watchdog:
+                self._watch_link()
+        if self._stop.is_set():
+            self.client.loop_write()  # the DISCONNECT that stop() queued, if still unsent
+        if self._connected.is_set():
+            self._on_disconnect(
+                self.client,
+                None,
+                paho.DisconnectFlags(False),
+                ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"),
+                None,
+            )
+
+    def _watch_link(self) -> None:
+        """Ping a quiet broker early; give a silent one up after 1.5 x keepalive.
+
+        paho pings only after a whole keepalive without traffic and then waits another
+        keepalive for the answer: a blackholed link (open socket, nothing arrives) goes
+        unnoticed for up to 2 x keepalive, while readings pile up unacknowledged. Here a
+        PINGREQ goes out once nothing has come from the broker for keepalive / 2 (a live
+        broker answers it at once, so a healthy idle link never looks silent), and the
+        socket is shut once nothing has come for 1.5 x keepalive, which ends the
+        connection through paho's normal lost-connection path (and the agent buffers).
+        paho's own check, which drops a connection whose PINGREQ stayed unanswered for a
+        keepalive, may get there first (1.5 x keepalive too, counted from our ping).
+
+        What arrives is seen through paho's log callback (:meth:`_on_log`). Sending a
+        PINGREQ has no public API: this calls paho's private ``_send_pingreq``, there
+        throughout paho 1.x and 2.x (pyproject pins ``<3``), on this thread, the one whose
+        ``loop()`` calls it in paho. ``_make_client`` turns the watchdog off with a
+        warning if it vanishes, and the blackhole test in
+        tests/e2e/test_store_and_forward.py fails.
+        """
+        keepalive = self.settings.keepalive
+        now = time.monotonic()
+        silent_s = now - self._last_in
+        if silent_s >= DEAD_AFTER_KEEPALIVES * keepalive:
+            if self._drop_reason is None:
+                self._drop(
+                    f"nothing from the broker for {silent_s:.1f} s (1.5 x keepalive):"
+                    " the link is dead or blackholed"
+                )
+        elif (
+            silent_s >= PING_AFTER_KEEPALIVES * keepalive
+            and self._connected.is_set()
+            and (self._ping_sent_at is None or self._ping_sent_at < self._last_in)
+        ):
+            self._ping_sent_at = now
+            self.client._send_pingreq()
+
+    def _drop(self, reason: str) -> None:
+        """Shut the socket: paho's next read sees the connection lost."""
+        self._drop_reason = reason
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _client_certificate_hint(self, detail: str) -> str:
+        tls = self.settings.tls
+        if tls is None:
+            return ""
+        if "CERTIFICATE_REQUIRED" in detail.upper() or "certificate required" in detail:
+            return "; the broker requires a client certificate (mqtt.tls.certfile/keyfile)"
+        if tls.certfile is None:
+            return "; the broker may require a client certificate (mqtt.tls.certfile/keyfile)"
+        return "; the broker may not accept this client certificate (mqtt.tls.certfile)"
+
+    def _closed_before_connack(self) -> str:
+        """Why a connection ended before the broker said yes or no (often TLS)."""
+        s = self.settings
+        if self._drop_reason is not None or self._closed_reason == "Keep alive timeout":
+            return (
+                f"no answer from the broker at {s.host}:{s.effective_port} to our CONNECT"
+                " within the keepalive: the link is dead or blackholed"
+            )
+        detail = self._socket_error or self._closed_reason or "no reason given"
+        detail = detail.removeprefix("failed to receive on socket: ")
+        if s.tls is not None:
+            return self._tls_failed(detail)
+        hint = "; if this is a TLS port, set mqtt.tls" if "reset" in detail.lower() else ""
+        return (
+            f"the broker at {s.host}:{s.effective_port} closed the connection before"
+            f" accepting it ({detail}){hint}"
+        )
+
+    def _tls_failed(self, detail: str) -> str:
+        """A TLS handshake (or the first read after it, TLS 1.3) that failed."""
+        s = self.settings
+        # "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required
+        # (_ssl.c:2580)" -> "tlsv13 alert certificate required"
+        found = re.search(r"\[SSL: \w+\] ([^(]+)", detail)
+        reason = found.group(1).strip() if found else detail
+        return (
+            f"TLS: the broker at {s.host}:{s.effective_port} ended the connection during or"
+            f" just after the handshake ({reason}){self._client_certificate_hint(detail)};"
+            " not connecting without TLS"
+        )
 
     def _report(self, error: str) -> None:
         """Log a connection error once, not once per retry."""
@@ -283,8 +486,24 @@ class Transport:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> int | None:
+    @property
+    def alive(self) -> bool:
+        """The network thread runs (connected or reconnecting)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int,
+        retain: bool,
+        correlation_data: bytes | None = None,
+    ) -> int | None:
         """Send a message on the current connection.
+
+        ``correlation_data`` (MQTT 5 only) is echoed to a requester that asked for a reply
+        on its response topic.
 
         Returns:
             Its message id, which a later ``published(mid, ok)`` event acknowledges; or
@@ -295,7 +514,13 @@ class Transport:
         with self._publish_lock:
             if not self._connected.is_set():
                 return None
-            info = self.client.publish(topic, payload, qos=qos, retain=retain)
+            properties = None
+            if correlation_data is not None and self.v5:
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.CorrelationData = correlation_data
+            info = self.client.publish(
+                topic, payload, qos=qos, retain=retain, properties=properties
+            )
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None
         return info.mid
@@ -323,8 +548,8 @@ class Transport:
                 info.wait_for_publish(timeout)
             except RuntimeError:
                 log.warning("could not publish %s before stopping", last[0])
+        self.client.disconnect()  # queued; the network thread sends it
         self._stop.set()
-        self.client.disconnect()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None

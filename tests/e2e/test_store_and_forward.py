@@ -56,6 +56,24 @@ def wait_complete(c: Collector, base: str, sensors: int, timeout: float = 15.0) 
     raise AssertionError(f"readings never arrived: {missing}")
 
 
+def agent_log_count(agent: AgentProcess, text: str) -> int:
+    return sum(text in line for line in agent.log().splitlines())
+
+
+def wait_for_disconnect(agent: AgentProcess, *, since: float, keepalive: int) -> float:
+    """Seconds from ``since`` until the agent logs that it lost a dead link; fails the test
+    if that takes longer than 1.5 x keepalive (plus 1.5 s for the check's tick and logging).
+    """
+    deadline = since + 1.5 * keepalive + 1.5
+    while "disconnected from the broker" not in agent.log():
+        assert time.monotonic() < deadline, f"not noticed in time:\n{agent.log()}"
+        time.sleep(0.05)
+    detected_after = time.monotonic() - since
+    (line,) = [x for x in agent.log().splitlines() if "disconnected from the broker" in x]
+    assert "dead or blackholed" in line, line
+    return detected_after
+
+
 def assert_no_loss(c: Collector, base: str) -> dict[str, list[Received]]:
     """Per sensor: seqs are exactly 1..max; live ones arrive in order; returns by sensor."""
     by_sensor: dict[str, list[Received]] = {}
@@ -139,29 +157,51 @@ def test_many_connection_cuts_lose_no_reading_of_five_sensors(
     assert len(c.on(f"{base}/status")) >= 9, "online again after every cut"
 
 
-def test_broker_restarts_lose_no_reading(
+def test_ten_broker_restarts_lose_no_reading_of_five_sensors_at_10hz(
     tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
 ) -> None:
     base = f"edge/{device_id}"
-    sensors = "".join(
-        f"  s{n}:\n    driver: system\n    interval: 100ms\n    thermal_zone: {n}\n"
-        for n in range(2)
-    )
+    restarts = 10
     config = write_config(
-        tmp_path / "c.yaml", port=broker.port, device_id=device_id, sensors=sensors
+        tmp_path / "c.yaml", port=broker.port, device_id=device_id, sensors=FIVE_SENSORS
     )
     # A persistent session: mosquitto (persistence on) keeps what arrives for it while it
     # restarts and the collector is reconnecting.
     with Collector(broker.port, f"{base}/#", persistent_id=f"collector-{device_id}") as c:
         agent = agents(config)
         c.topic(f"{base}/status")
-        for _ in range(3):
-            time.sleep(0.8)
-            broker.restart()
-        wait_complete(c, base, 2)
+        for i in range(restarts):
+            time.sleep(1.0 + 0.2 * (i % 2))  # up: the agent reconnects and replays
+            broker.stop()
+            time.sleep(0.5 + 0.2 * (i % 3))  # down: the agent buffers
+            broker.start()
+        wait_complete(c, base, 5, timeout=20)
+        # (Counted before the stop, which may log a disconnect of its own.)
+        assert agent_log_count(agent, "disconnected from the broker") == restarts
         agent.stop()
     by_sensor = assert_no_loss(c, base)
-    assert any(m.json().get("replayed") for ms in by_sensor.values() for m in ms)
+    assert len(by_sensor) == 5
+    for sensor, msgs in by_sensor.items():
+        bodies = [m.json() for m in msgs]
+        # Duplicates (an acknowledgement lost in a restart) are the same reading again.
+        first: dict[int, dict[str, object]] = {}
+        for body in bodies:
+            same = first.setdefault(body["seq"], body)
+            assert (same["ts"], same["values"]) == (body["ts"], body["values"]), (sensor, body)
+        # Order per sensor: live readings in seq order, replayed ones too (each counted at
+        # its first delivery).
+        for replayed in (False, True):
+            seqs = [b["seq"] for b in bodies if bool(b.get("replayed")) is replayed]
+            firsts = [q for n, q in enumerate(seqs) if q not in seqs[:n]]
+            assert firsts == sorted(firsts), (sensor, replayed, seqs)
+        assert max(first) >= 15 * 10, "each sensor read at 10 Hz for the whole ~18 s"
+    replayed_total = sum(1 for ms in by_sensor.values() for m in ms if m.json().get("replayed"))
+    assert replayed_total >= restarts * 5 * 3, "every outage was buffered and replayed"
+    total = sum(len(ms) for ms in by_sensor.values())
+    distinct = sum(len({m.json()["seq"] for m in ms}) for ms in by_sensor.values())
+    # At a restart at most the agent's (20) and the collector's (20) in-flight windows can
+    # be delivered twice.
+    assert total - distinct <= restarts * 40, (total, distinct)
 
 
 def test_blackholed_link_is_detected_and_its_readings_arrive_after_heal(
@@ -181,13 +221,9 @@ def test_blackholed_link_is_detected_and_its_readings_arrive_after_heal(
         c.topic(f"{base}/sensor/pi", count=3)
         proxy.blackhole()
         blackholed = time.monotonic()
-        # paho sends PINGREQ after `keepalive` s without a packet from the broker, and gives
-        # up `keepalive` s later: detection takes at most 2 x keepalive.
-        deadline = blackholed + 2 * keepalive + 1.5
-        while "disconnected from the broker" not in agent.log():
-            assert time.monotonic() < deadline, agent.log()
-            time.sleep(0.1)
-        detected_after = time.monotonic() - blackholed
+        # The transport's watchdog pings after keepalive / 2 without a packet from the
+        # broker and gives up after 1.5 x keepalive (paho alone: up to 2 x keepalive).
+        detected_after = wait_for_disconnect(agent, since=blackholed, keepalive=keepalive)
         proxy.heal()
         # (The broker's own keepalive published the Will "offline" meanwhile.)
         online = c.wait_for(lambda m: m.topic == f"{base}/status" and m.text == "online", count=2)
@@ -199,6 +235,32 @@ def test_blackholed_link_is_detected_and_its_readings_arrive_after_heal(
     (msgs,) = assert_no_loss(c, base).values()
     replayed = [m for m in msgs if m.json().get("replayed")]
     assert len(replayed) >= detected_after * 10 * 0.8, (len(replayed), detected_after)
+
+
+def test_idle_healthy_link_is_not_mistaken_for_a_dead_one(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    """With nothing to publish, only pings come back from the broker: the watchdog that
+    gives a silent broker up after 1.5 x keepalive must not drop a healthy idle link."""
+    base = f"edge/{device_id}"
+    keepalive = 5
+    with Collector(broker.port, f"{base}/#") as c:
+        config = write_config(
+            tmp_path / "c.yaml",
+            port=broker.port,
+            device_id=device_id,
+            interval="1h",  # one reading at start, then nothing
+            keepalive=keepalive,
+        )
+        agent = agents(config)
+        c.topic(f"{base}/sensor/pi")
+        time.sleep(3 * keepalive + 1)
+        assert "disconnected from the broker" not in agent.log(), agent.log()
+        assert [m.text for m in c.on(f"{base}/status")] == ["online"], "no reconnect, no Will"
+        assert len(c.on(f"{base}/sensor/pi")) == 1, "really idle"
+        agent.stop()
+    connects = broker.log_path.read_text().count(f"as edge-agent-{device_id} ")
+    assert connects == 1, broker.log_path.read_text()
 
 
 def test_kill_during_an_outage_then_restart_delivers_the_buffer(
