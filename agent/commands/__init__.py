@@ -1,0 +1,1 @@
+"""Remote commands: parsing, judging, replying (CONTRACT section 7)."""

@@ -1,0 +1,201 @@
+"""Reading a command payload (CONTRACT section 7): a pure function of its inputs.
+
+Everything that is not clearly a command is refused here, before any output is touched:
+an empty, oversized, non-UTF-8 or wrongly shaped payload is ``bad_payload``; a retained
+message is ``retained_command``; a ``ts`` older than ``commands.max_age`` (or further in
+the future than that: a controller with a wrong clock) is ``stale``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from agent.mqtt.payloads import parse_iso_ts
+
+MAX_PAYLOAD_BYTES = 4096
+#: The longest pulse a command may ask for: a week.
+MAX_DURATION_S = 7 * 86400.0
+MAX_ID_LENGTH = 128
+
+Action = Literal["on", "off", "toggle"]
+ErrorCode = Literal[
+    "bad_payload",
+    "unknown_output",
+    "stale",
+    "retained_command",
+    "interlocked",
+    "rate_limited",
+    "hardware_error",
+]
+
+PLAIN_ACTIONS: dict[str, Action] = {
+    "on": "on",
+    "off": "off",
+    "toggle": "toggle",
+    "1": "on",
+    "0": "off",
+    "true": "on",
+    "false": "off",
+}
+JSON_KEYS = frozenset({"state", "duration", "id", "ts"})
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command that passed every check that does not need the output itself."""
+
+    action: Action
+    #: Seconds to hold the new state before switching back (a pulse); None: hold.
+    duration: float | None = None
+    id: str | int | None = None
+    #: When the controller sent it (unix s), if it said.
+    ts: float | None = None
+
+
+class CommandRefused(Exception):
+    """A command that is answered with an error reply and changes nothing."""
+
+    def __init__(self, code: ErrorCode, message: str, command_id: str | int | None = None):
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.command_id = command_id
+
+
+def parse_command(
+    payload: bytes,
+    *,
+    retained: bool,
+    now: float,
+    max_age: float,
+) -> Command:
+    """The command in ``payload``.
+
+    Args:
+        payload: the raw MQTT payload.
+        retained: the message's retain flag (as published, under MQTT 5).
+        now: the current unix time.
+        max_age: ``commands.max_age`` in seconds.
+
+    Raises:
+        CommandRefused: with the reply's error code; ``command_id`` is the payload's ``id``
+            when one could be read, so the refusal can still be matched to its request.
+    """
+    if not payload:
+        raise CommandRefused("bad_payload", "the payload is empty; send on, off or toggle")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise CommandRefused(
+            "bad_payload", f"the payload is {len(payload)} bytes; at most {MAX_PAYLOAD_BYTES}"
+        )
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CommandRefused("bad_payload", "the payload is not valid UTF-8") from None
+    body = _json_object(text)
+    command_id = _command_id(body) if body is not None else None
+    if retained:
+        raise CommandRefused(
+            "retained_command",
+            "retained commands are never acted on: they would replay on every reconnect",
+            command_id,
+        )
+    if body is None:
+        action = PLAIN_ACTIONS.get(text.lower())
+        if action is None:
+            raise CommandRefused(
+                "bad_payload",
+                f"{_preview(text)} is not a command; send on, off, toggle or a JSON object",
+            )
+        return Command(action)
+    return _from_json(body, command_id, now=now, max_age=max_age)
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object in ``text``; None when ``text`` is not JSON-object-shaped at all."""
+    if not text.startswith("{"):
+        return None
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        raise CommandRefused("bad_payload", f"invalid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise CommandRefused("bad_payload", "a JSON command must be an object")
+    return body
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
+
+
+def _command_id(body: dict[str, Any]) -> str | int | None:
+    value = body.get("id")
+    # A JSON escape can spell a lone surrogate ("\ud800"): not text, and it could not be
+    # echoed back in a UTF-8 reply, so it is no id.
+    if isinstance(value, str) and len(value) <= MAX_ID_LENGTH and _is_text(value):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53:
+        return value
+    return None
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _from_json(
+    body: dict[str, Any], command_id: str | int | None, *, now: float, max_age: float
+) -> Command:
+    def refuse(message: str) -> CommandRefused:
+        return CommandRefused("bad_payload", message, command_id)
+
+    unknown = sorted(set(body) - JSON_KEYS)
+    if unknown:
+        raise refuse(f"unknown key {unknown[0]!r}; a command has state, duration, id and ts")
+    if body.get("id") is not None and command_id is None:
+        raise refuse(f"id must be a string of at most {MAX_ID_LENGTH} characters or an integer")
+    state = body.get("state")
+    if not isinstance(state, str) or state.strip().lower() not in PLAIN_ACTIONS:
+        raise refuse('"state" must be "on", "off" or "toggle"')
+    action = PLAIN_ACTIONS[state.strip().lower()]
+    duration = body.get("duration")
+    if duration is not None:
+        if (
+            isinstance(duration, bool)
+            or not isinstance(duration, int | float)
+            or not math.isfinite(duration)
+            or not 0 < duration <= MAX_DURATION_S
+        ):
+            raise refuse(f'"duration" must be seconds, more than 0 and at most {MAX_DURATION_S:g}')
+        duration = float(duration)
+    ts = body.get("ts")
+    sent: float | None = None
+    if ts is not None:
+        if not isinstance(ts, str):
+            raise refuse('"ts" must be an ISO 8601 time such as "2026-11-23T04:11:27Z"')
+        try:
+            sent = parse_iso_ts(ts)
+        except (ValueError, OverflowError, OSError):
+            raise refuse(f'"ts" {_preview(ts)} is not an ISO 8601 time') from None
+        age = now - sent
+        if age > max_age:
+            raise CommandRefused(
+                "stale", f"the command is {age:.1f} s old; at most {max_age:g} s", command_id
+            )
+        if -age > max_age:
+            raise CommandRefused(
+                "stale",
+                f"the command's ts is {-age:.1f} s in the future: check the sender's clock",
+                command_id,
+            )
+    return Command(action, duration=duration, id=command_id, ts=sent)
+
+
+def _preview(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
