@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := mosquitto libsystemd-dev pkg-config
+APT_PACKAGES := mosquitto libsystemd-dev pkg-config systemd-container debootstrap
 
 .PHONY: demo test check lint typecheck schema system-deps venv clean
 
@@ -31,7 +31,8 @@ schema: $(STAMP)
 	$(BIN)/edge-agent schema > config/schema.json
 
 # Debian packages: mosquitto (the test and demo broker), libsystemd-dev + pkg-config
-# (to build systemd-python). Installed only when missing.
+# (to build systemd-python), systemd-container + debootstrap (tests/deploy/test_nspawn.py
+# boots a Debian with systemd in a container). Installed only when missing.
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -43,12 +44,12 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,systemd]'
 	touch $(STAMP)
 
 venv: $(STAMP)
