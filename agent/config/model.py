@@ -116,6 +116,8 @@ class HealthConfig(Options, frozen=True):
     ) = None
     #: How often <base>/health is published.
     publish_interval: PositiveSeconds = 60.0
+    #: /healthz turns 503 when the broker has been unreachable this long.
+    max_offline: PositiveSeconds = 300.0
 
 
 class Config(Options, frozen=True):

@@ -17,6 +17,7 @@ import concurrent.futures
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -67,6 +68,8 @@ class SensorSlot:
     last_ts: float | None = None
     reads: int = 0
     errors: int = 0
+    #: Failed reads by error type (``BusError``, ``MeasurementTimeout``...).
+    error_kinds: Counter[str] = field(default_factory=Counter)
     #: When a failed sensor is tried next (monotonic seconds).
     retry_at: float = 0.0
 
@@ -228,6 +231,7 @@ class Scheduler:
 
     def _failure(self, slot: SensorSlot, error: DriverError, *, permanent: bool) -> None:
         slot.errors += 1
+        slot.error_kinds[type(error).__name__] += 1
         slot.consecutive_failures += 1
         slot.last_error = f"{type(error).__name__}: {error}"
         fields = {"sensor": slot.name, "error": type(error).__name__}

@@ -1,0 +1,171 @@
+"""Home Assistant MQTT discovery, in its device-based form: one retained message on
+``<prefix>/device/<node>/config`` describes the device and every entity (``cmps``).
+
+Entities, with the ids they keep across restarts (``unique_id`` =
+``<device_id>_<component id>``):
+
+- a ``sensor`` per sensor quantity (``<sensor>_<quantity>``), its value picked out of the
+  reading JSON; the ``system`` driver's are diagnostic;
+- a ``switch`` per output (``output_<name>``), commanded on its set topic, its state read
+  from the retained state JSON;
+- a ``binary_sensor`` per input (``input_<name>``);
+- diagnostic sensors from ``<base>/health``: buffer depth (``buffer_depth``), oldest
+  buffered reading (``buffer_oldest_age``) and the last error (``last_error``).
+
+Every entity is available while ``<base>/status`` says ``online``. An entity that
+disappears from the config is removed by announcing it once more with only its platform,
+which is how device-based discovery removes a component; turning discovery off removes the
+device with an empty retained config.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from agent import __version__
+from agent.config.model import Config
+from agent.mqtt.topics import Topics
+from agent.runtime.hardware_setup import spec_of
+
+#: Our units where Home Assistant expects another spelling for the same unit.
+HA_UNITS = {"%RH": "%"}
+#: Sensor drivers whose entities describe the Pi itself, not the world around it.
+DIAGNOSTIC_DRIVERS = frozenset({"system"})
+
+
+def node_id(device_id: str) -> str:
+    return f"edge_agent_{device_id}"
+
+
+def discovery_topic(prefix: str, device_id: str) -> str:
+    return f"{prefix}/device/{node_id(device_id)}/config"
+
+
+def expire_after(interval_s: float) -> int:
+    """Seconds after which Home Assistant shows a sensor as unavailable: three missed
+    readings, and never less than a minute."""
+    return max(60, math.ceil(3 * interval_s + 5))
+
+
+def components(config: Config, topics: Topics) -> dict[str, dict[str, Any]]:
+    """Every entity of the device: component id -> its discovery config."""
+    assert config.device_id is not None
+    device_id = config.device_id
+    out: dict[str, dict[str, Any]] = {}
+    for name, options in config.sensors.items():
+        spec = spec_of(options)
+        for quantity, q in spec.quantities.items():
+            cid = f"{name}_{quantity}"
+            entity: dict[str, Any] = {
+                "p": "sensor",
+                "name": f"{name} {quantity.replace('_', ' ')}",
+                "unique_id": f"{device_id}_{cid}",
+                "state_topic": topics.sensor(name),
+                "value_template": f"{{{{ value_json['values']['{quantity}'] }}}}",
+                "state_class": "measurement",
+                "expire_after": expire_after(options.interval),
+            }
+            if q.unit:
+                entity["unit_of_measurement"] = HA_UNITS.get(q.unit, q.unit)
+            if q.device_class:
+                entity["device_class"] = q.device_class
+            if spec.name in DIAGNOSTIC_DRIVERS:
+                entity["entity_category"] = "diagnostic"
+            out[cid] = entity
+    for name in config.outputs:
+        out[f"output_{name}"] = {
+            "p": "switch",
+            "name": name,
+            "unique_id": f"{device_id}_output_{name}",
+            "command_topic": topics.output_set(name),
+            "payload_on": "on",
+            "payload_off": "off",
+            "state_topic": topics.output_state(name),
+            "value_template": "{{ value_json.state }}",
+            "state_on": "on",
+            "state_off": "off",
+            "optimistic": False,
+            "retain": False,
+        }
+    for name in config.inputs:
+        out[f"input_{name}"] = {
+            "p": "binary_sensor",
+            "name": name,
+            "unique_id": f"{device_id}_input_{name}",
+            "state_topic": topics.input(name),
+            "value_template": "{{ value_json.state }}",
+            "payload_on": "on",
+            "payload_off": "off",
+        }
+    health_expiry = expire_after(config.health.publish_interval)
+    out["buffer_depth"] = {
+        "p": "sensor",
+        "name": "buffer depth",
+        "unique_id": f"{device_id}_buffer_depth",
+        "state_topic": topics.health,
+        "value_template": "{{ value_json.queue_depth }}",
+        "unit_of_measurement": "readings",
+        "state_class": "measurement",
+        "entity_category": "diagnostic",
+        "expire_after": health_expiry,
+    }
+    out["buffer_oldest_age"] = {
+        "p": "sensor",
+        "name": "oldest buffered reading",
+        "unique_id": f"{device_id}_buffer_oldest_age",
+        "state_topic": topics.health,
+        "value_template": "{{ value_json.oldest_queued_age_s or 0 }}",
+        "unit_of_measurement": "s",
+        "device_class": "duration",
+        "state_class": "measurement",
+        "entity_category": "diagnostic",
+        "expire_after": health_expiry,
+    }
+    out["last_error"] = {
+        "p": "sensor",
+        "name": "last error",
+        "unique_id": f"{device_id}_last_error",
+        "state_topic": topics.health,
+        "value_template": (
+            "{{ (value_json.last_error.message if value_json.last_error else 'none')[:255] }}"
+        ),
+        "entity_category": "diagnostic",
+        "icon": "mdi:alert-circle-outline",
+    }
+    return out
+
+
+def device_payload(
+    config: Config,
+    topics: Topics,
+    *,
+    model: str,
+    removed: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The device discovery payload.
+
+    Args:
+        config: the running config.
+        topics: the device's topics.
+        model: what the hardware is ("Raspberry Pi 4 Model B Rev 1.4").
+        removed: component id -> platform of entities to remove from Home Assistant.
+    """
+    assert config.device_id is not None
+    cmps: dict[str, dict[str, Any]] = {cid: {"p": p} for cid, p in (removed or {}).items()}
+    cmps.update(components(config, topics))
+    return {
+        "dev": {
+            "ids": [node_id(config.device_id)],
+            "name": config.device_id,
+            "mf": "pi-edge-agent",
+            "mdl": model,
+            "sw": __version__,
+        },
+        "o": {"name": "pi-edge-agent", "sw": __version__},
+        "availability_topic": topics.status,
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "qos": 1,
+        "cmps": cmps,
+    }

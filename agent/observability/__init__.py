@@ -1,0 +1,1 @@
+"""What the agent tells people and monitoring about itself: /healthz, /metrics."""

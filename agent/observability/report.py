@@ -1,0 +1,165 @@
+"""The agent's state as the health topic, ``/healthz`` and ``/metrics`` report it."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from agent import __version__
+from agent.mqtt.payloads import iso_ts
+from agent.observability.metrics import Snapshot
+
+if TYPE_CHECKING:
+    from agent.runtime.daemon import Agent
+
+
+def health_payload(agent: Agent) -> dict[str, Any]:
+    """The ``<base>/health`` payload (CONTRACT section 4)."""
+    now = time.time()
+    outbox = agent.outbox
+    oldest = outbox.oldest_queued_ts() if outbox is not None else None
+    return {
+        "ts": iso_ts(now),
+        "uptime_s": round(now - agent.started_at, 3),
+        "connected_since": iso_ts(agent.connected_since) if agent.connected_since else None,
+        "queue_depth": outbox.queue_depth() if outbox is not None else 0,
+        "oldest_queued_age_s": round(max(now - oldest, 0.0), 3) if oldest else None,
+        "counters": {**agent.counters, **(outbox.counters if outbox is not None else {})},
+        "sensors_failed": failed_sensors(agent),
+        "last_error": agent.last_error,
+    }
+
+
+def failed_sensors(agent: Agent) -> list[str]:
+    return [s.name for s in agent.scheduler.slots if s.failed] if agent.scheduler else []
+
+
+def healthz(agent: Agent) -> tuple[bool, dict[str, Any]]:
+    """``/healthz``: healthy while connected, or buffering within the limits.
+
+    Unhealthy reasons: the broker unreachable for longer than ``health.max_offline``; the
+    buffer over 90 % of ``buffer.max_messages``; the oldest buffered reading older than
+    half of ``buffer.max_age`` (it would soon be dropped); a stopped sampling task or
+    network thread. The event loop answering at all is the first check.
+    """
+    config = agent.config
+    now = time.time()
+    reasons: list[str] = []
+    connected = agent.transport is not None and agent.transport.connected
+    if not connected:
+        offline_for = now - (agent.disconnected_at or agent.started_at)
+        if offline_for > config.health.max_offline:
+            reasons.append(
+                f"broker {config.mqtt.host}:{config.mqtt.effective_port} unreachable for "
+                f"{offline_for:.0f} s (health.max_offline: {config.health.max_offline:g} s)"
+            )
+    outbox = agent.outbox
+    depth = outbox.queue_depth() if outbox is not None else 0
+    oldest = outbox.oldest_queued_ts() if outbox is not None else None
+    if depth > 0.9 * config.buffer.max_messages:
+        reasons.append(f"buffer {depth} of {config.buffer.max_messages} readings: nearly full")
+    if oldest is not None and now - oldest > 0.5 * config.buffer.max_age:
+        reasons.append(
+            f"oldest buffered reading is {now - oldest:.0f} s old "
+            f"(buffer.max_age: {config.buffer.max_age:g} s)"
+        )
+    if not agent.sampling_running:
+        reasons.append("sampling has stopped")
+    if agent.transport is not None and not agent.transport.alive:
+        reasons.append("the MQTT network thread has stopped")
+    body: dict[str, Any] = {
+        "ok": not reasons,
+        "reasons": reasons,
+        "device_id": agent.device_id,
+        "version": __version__,
+        "broker": f"{config.mqtt.host}:{config.mqtt.effective_port}",
+        "connected": connected,
+        "connected_since": iso_ts(agent.connected_since) if agent.connected_since else None,
+        "uptime_s": round(now - agent.started_at, 1),
+        "queue_depth": depth,
+        "oldest_queued_age_s": round(now - oldest, 1) if oldest else None,
+        "sensors": sensor_states(agent, now),
+        "outputs": output_states(agent),
+        "inputs": {
+            name: {"state": "on" if state.on else "off", "ts": iso_ts(state.ts)}
+            for name, state in (agent.inputs.states.items() if agent.inputs else [])
+        },
+        "last_error": agent.last_error,
+    }
+    return not reasons, body
+
+
+def sensor_states(agent: Agent, now: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for slot in agent.scheduler.slots if agent.scheduler else []:
+        out[slot.name] = {
+            "ok": not slot.failed,
+            "values": slot.last_values,
+            "age_s": round(now - slot.last_ts, 1) if slot.last_ts else None,
+            "interval_s": slot.options.interval,
+            "error": slot.last_error,
+        }
+    return out
+
+
+def output_states(agent: Agent) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if agent.outputs is None:
+        return out
+    for name in agent.outputs.names:
+        state = agent.outputs.state(name)
+        out[name] = (
+            {"state": None, "error": "could not be opened"}
+            if state is None
+            else {
+                "state": "on" if state.on else "off",
+                "reason": state.reason,
+                "since": iso_ts(state.ts),
+                "until": iso_ts(state.until) if state.until else None,
+            }
+        )
+    return out
+
+
+def snapshot(agent: Agent) -> Snapshot:
+    """Everything ``/metrics`` shows."""
+    now = time.time()
+    outbox = agent.outbox
+    oldest = outbox.oldest_queued_ts() if outbox is not None else None
+    read_errors: Counter[tuple[str, str]] = Counter(agent.retired_read_errors)
+    last_ts: dict[str, float] = {}
+    for slot in agent.scheduler.slots if agent.scheduler else []:
+        for kind, n in slot.error_kinds.items():
+            read_errors[(slot.name, kind)] += n
+        if slot.last_ts is not None:
+            last_ts[slot.name] = slot.last_ts
+    commands = agent.commands
+    outputs_on = {
+        name: int(bool(state and state.on))
+        for name, state in (
+            ((n, agent.outputs.state(n)) for n in agent.outputs.names) if agent.outputs else []
+        )
+    }
+    return Snapshot(
+        device_id=agent.device_id,
+        version=__version__,
+        uptime_s=now - agent.started_at,
+        connected=agent.transport is not None and agent.transport.connected,
+        connects=agent.counters["connects"],
+        reconnects=agent.counters["reconnects"],
+        queue_depth=outbox.queue_depth() if outbox is not None else 0,
+        oldest_queued_age_s=max(now - oldest, 0.0) if oldest else None,
+        outbox=dict(outbox.counters) if outbox is not None else {},
+        events=agent.counters["events"],
+        readings={**dict.fromkeys(agent.config.sensors, 0), **agent.readings},
+        read_errors=read_errors,
+        sensors_failed=failed_sensors(agent),
+        last_reading_ts=last_ts,
+        commands=commands.results if commands else Counter(),
+        outputs_on=outputs_on,
+        latency_bounds=commands.latency.BOUNDS if commands else (),
+        latency_counts=list(commands.latency.counts) if commands else [],
+        latency_count=commands.latency.count if commands else 0,
+        latency_sum=commands.latency.sum if commands else 0.0,
+    )

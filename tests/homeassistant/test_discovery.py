@@ -1,0 +1,203 @@
+"""Home Assistant discovery payloads, field by field, and the announcer's removals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agent import __version__
+from agent.config.load import parse_config
+from agent.config.model import Config
+from agent.homeassistant.announcer import Announcer
+from agent.homeassistant.discovery import device_payload, discovery_topic, expire_after
+from agent.mqtt.topics import Topics
+from agent.mqtt.transport import IncomingMessage
+
+CONFIG = """\
+device_id: gh1
+sensors:
+  air: {driver: bme280, interval: 10s}
+  pi: {driver: system, interval: 60s}
+outputs:
+  pump: {driver: relay, pin: 17}
+inputs:
+  door: {driver: gpio, pin: 27}
+homeassistant: {discovery: true}
+"""
+
+
+def config(text: str = CONFIG) -> Config:
+    return parse_config(text, file="c.yaml", base_dir=Path("."), environ={})
+
+
+def payload(cfg: Config | None = None) -> dict[str, object]:
+    cfg = cfg or config()
+    return device_payload(cfg, Topics("edge/gh1"), model="Raspberry Pi 4 Model B Rev 1.4")
+
+
+def test_device_origin_and_availability() -> None:
+    body = payload()
+    assert body["dev"] == {
+        "ids": ["edge_agent_gh1"],
+        "name": "gh1",
+        "mf": "pi-edge-agent",
+        "mdl": "Raspberry Pi 4 Model B Rev 1.4",
+        "sw": __version__,
+    }
+    assert body["o"] == {"name": "pi-edge-agent", "sw": __version__}
+    assert body["availability_topic"] == "edge/gh1/status"
+    assert (body["payload_available"], body["payload_not_available"]) == ("online", "offline")
+    assert discovery_topic("homeassistant", "gh1") == "homeassistant/device/edge_agent_gh1/config"
+
+
+def test_a_sensor_entity_per_quantity() -> None:
+    cmps = payload()["cmps"]
+    assert isinstance(cmps, dict)
+    temperature = cmps["air_temperature"]
+    assert temperature == {
+        "p": "sensor",
+        "name": "air temperature",
+        "unique_id": "gh1_air_temperature",
+        "state_topic": "edge/gh1/sensor/air",
+        "value_template": "{{ value_json['values']['temperature'] }}",
+        "state_class": "measurement",
+        "expire_after": 60,
+        "unit_of_measurement": "°C",
+        "device_class": "temperature",
+    }
+    # %RH is spelled % in Home Assistant.
+    assert cmps["air_humidity"]["unit_of_measurement"] == "%"
+    assert cmps["air_humidity"]["device_class"] == "humidity"
+    assert cmps["air_pressure"]["unit_of_measurement"] == "hPa"
+    assert cmps["air_pressure"]["device_class"] == "atmospheric_pressure"
+    # The Pi's own health is diagnostic; its interval sets the expiry.
+    soc = cmps["pi_soc_temperature"]
+    assert soc["entity_category"] == "diagnostic"
+    assert soc["expire_after"] == expire_after(60) == 185
+    assert "entity_category" not in temperature
+
+
+def test_a_switch_per_output_and_a_binary_sensor_per_input() -> None:
+    cmps = payload()["cmps"]
+    assert isinstance(cmps, dict)
+    assert cmps["output_pump"] == {
+        "p": "switch",
+        "name": "pump",
+        "unique_id": "gh1_output_pump",
+        "command_topic": "edge/gh1/output/pump/set",
+        "payload_on": "on",
+        "payload_off": "off",
+        "state_topic": "edge/gh1/output/pump/state",
+        "value_template": "{{ value_json.state }}",
+        "state_on": "on",
+        "state_off": "off",
+        "optimistic": False,
+        "retain": False,
+    }
+    assert cmps["input_door"] == {
+        "p": "binary_sensor",
+        "name": "door",
+        "unique_id": "gh1_input_door",
+        "state_topic": "edge/gh1/input/door",
+        "value_template": "{{ value_json.state }}",
+        "payload_on": "on",
+        "payload_off": "off",
+    }
+
+
+def test_diagnostic_entities_from_the_health_topic() -> None:
+    cmps = payload()["cmps"]
+    assert isinstance(cmps, dict)
+    for cid in ("buffer_depth", "buffer_oldest_age", "last_error"):
+        entity = cmps[cid]
+        assert entity["state_topic"] == "edge/gh1/health"
+        assert entity["entity_category"] == "diagnostic"
+        assert entity["unique_id"] == f"gh1_{cid}"
+    assert cmps["buffer_depth"]["value_template"] == "{{ value_json.queue_depth }}"
+
+
+def test_unique_ids_are_unique_and_stable() -> None:
+    first, second = payload(), payload()
+    assert first == second
+    cmps = first["cmps"]
+    assert isinstance(cmps, dict)
+    ids = [c["unique_id"] for c in cmps.values()]
+    assert len(ids) == len(set(ids)) == 3 + 5 + 1 + 1 + 3
+
+
+class Published:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        self.messages.append((topic, payload))
+
+    def last(self) -> dict[str, object]:
+        body = json.loads(self.messages[-1][1])
+        assert isinstance(body, dict)
+        return body
+
+
+def announcer(cfg: Config, published: Published) -> Announcer:
+    return Announcer(config=cfg, topics=Topics("edge/gh1"), publish=published, model="test")
+
+
+def test_reload_removes_entities_with_only_their_platform() -> None:
+    published = Published()
+    a = announcer(config(), published)
+    a.announce()
+    smaller = config(
+        CONFIG.replace("  pump: {driver: relay, pin: 17}\n", "").replace("outputs:\n", "")
+    )
+    a.reconfigure(smaller, Topics("edge/gh1"))
+    cmps = published.last()["cmps"]
+    assert isinstance(cmps, dict)
+    assert cmps["output_pump"] == {"p": "switch"}
+    assert "air_temperature" in cmps
+    # Once removed, the entity is left out of later announcements.
+    a.announce()
+    later = published.last()["cmps"]
+    assert isinstance(later, dict) and "output_pump" not in later
+
+
+def test_entities_of_an_earlier_run_are_removed_when_its_retained_config_is_read_back() -> None:
+    published = Published()
+    old = announcer(config(), published)
+    old.announce()
+    retained = published.messages[-1][1]
+    smaller = config(CONFIG.replace("inputs:\n  door: {driver: gpio, pin: 27}\n", ""))
+    new_published = Published()
+    new = announcer(smaller, new_published)
+    new.announce()
+    assert new.handle(IncomingMessage(new.topic, retained, 1, True, None))
+    cmps = new_published.last()["cmps"]
+    assert isinstance(cmps, dict) and cmps["input_door"] == {"p": "binary_sensor"}
+    # Our own echo changes nothing more.
+    count = len(new_published.messages)
+    new.handle(IncomingMessage(new.topic, new_published.messages[-1][1], 1, True, None))
+    assert len(new_published.messages) == count
+
+
+def test_home_assistant_birth_triggers_a_new_announcement() -> None:
+    published = Published()
+    a = announcer(config(), published)
+    assert a.handle(IncomingMessage("homeassistant/status", b"online", 1, False, None))
+    assert a.handle(IncomingMessage("homeassistant/status", b"offline", 1, False, None))
+    assert len(published.messages) == 1
+    assert not a.handle(IncomingMessage("edge/gh1/output/pump/set", b"on", 1, False, None))
+
+
+def test_discovery_turned_off_removes_the_device() -> None:
+    published = Published()
+    a = announcer(config(), published)
+    a.announce()
+    off = config(CONFIG.replace("discovery: true", "discovery: false"))
+    a.reconfigure(off, Topics("edge/gh1"))
+    assert published.messages[-1] == ("homeassistant/device/edge_agent_gh1/config", b"")
+    # ... and after a restart with discovery off, a retained config left behind goes too.
+    restarted = Published()
+    b = announcer(off, restarted)
+    b.announce()
+    assert restarted.messages == []
+    b.handle(IncomingMessage(b.topic, published.messages[0][1], 1, True, None))
+    assert restarted.messages == [("homeassistant/device/edge_agent_gh1/config", b"")]
