@@ -10,6 +10,7 @@ import signal
 import sys
 import textwrap
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from agent import __version__
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         "drivers": cmd_drivers,
         "schema": cmd_schema,
         "demo": cmd_demo,
+        "status": cmd_status,
     }[args.command]
     try:
         return handler(args)
@@ -75,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     config_arg(read)
     read.add_argument("--simulate", action="store_true", help="use emulated hardware")
     read.add_argument("sensors", nargs="*", metavar="SENSOR", help="default: every sensor")
+    status = sub.add_parser("status", help="one screen: connection, sensors, outputs, buffer")
+    config_arg(status)
     sub.add_parser("drivers", help="list drivers, their quantities and options")
     sub.add_parser("schema", help="print the JSON Schema of the config")
     demo = sub.add_parser("demo", help="private broker + simulated agent + live view")
@@ -87,26 +91,30 @@ def _load(path: Path | None) -> LoadedConfig:
     return load_config(path or default_config_path())
 
 
-def setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str = "info", *, secrets: Iterable[str] = ()) -> None:
+    """journald (with structured fields) under systemd, else stderr; ``secrets`` are
+    redacted from every line (see ``agent.runtime.logging_setup``)."""
+    from agent.runtime import logging_setup
+
+    logging_setup.setup_logging(level, secrets=secrets)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
-    setup_logging(loaded.config.log_level)
-    from agent.runtime.daemon import Agent
+    from agent.runtime.logging_setup import config_secrets
 
-    agent = Agent(loaded, simulate=args.simulate)
+    setup_logging(loaded.config.log_level, secrets=config_secrets(loaded.config))
+    from agent.runtime.daemon import Agent
+    from agent.runtime.systemd import Notifier
+
+    agent = Agent(loaded, simulate=args.simulate, notifier=Notifier())
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
         await agent.run(stop)
 
     try:
@@ -164,6 +172,25 @@ def cmd_read(args: argparse.Namespace) -> int:
     finally:
         hardware.close()
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """From the agent's /healthz when health.listen is set, else from the broker."""
+    from agent.observability.status import from_broker, from_healthz, render
+
+    config = _load(args.config).config
+    try:
+        if config.health.listen is not None:
+            view = from_healthz(config.health.listen)
+        else:
+            view = from_broker(config)
+    except OSError as e:
+        where = config.health.listen or f"{config.mqtt.host}:{config.mqtt.effective_port}"
+        print(f"edge-agent status: cannot reach {where}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(render(view))
+    healthy = view.healthy if view.healthy is not None else bool(view.online)
+    return EXIT_OK if healthy else EXIT_FAILURE
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:

@@ -51,6 +51,12 @@ def run_demo(*, config: Path | None = None, duration: float | None = None) -> in
         f"simulated hardware. Ctrl-C stops everything.\n"
         f"Watch it from another terminal: mosquitto_sub -p {broker.port} -t '{base}/#' -v"
     )
+    if loaded.config.outputs:
+        output = next(iter(loaded.config.outputs))
+        header += (
+            f"\nSwitch an output: mosquitto_pub -p {broker.port} "
+            f"-t '{base}/output/{output}/set' -m toggle"
+        )
     status = 0
     try:
         while duration is None or time.monotonic() - started < duration:

@@ -230,6 +230,12 @@ class Outbox:
             return
         self._events.append((topic, payload))
 
+    def use_sender(self, sender: Sender) -> None:
+        """Publish through ``sender`` from now on (a new connection after a reload). Call
+        :meth:`disconnected` first: nothing in flight may belong to the old one."""
+        assert not self._inflight, "in-flight messages belong to the old sender"
+        self._sender = sender
+
     # -- transport events ----------------------------------------------------------------
 
     def connected(self) -> None:

@@ -8,21 +8,38 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.actuation.inputs import InputState, InputWatcher
+from agent.actuation.outputs import OutputController, OutputState
+from agent.actuation.statefile import OutputStateFile
 from agent.buffer.store import MessageStore
-from agent.config.load import LoadedConfig
+from agent.commands.handler import CommandHandler, Reply
+from agent.config.load import LoadedConfig, load_config
 from agent.config.model import Config
+from agent.errors import ConfigError
 from agent.events import Event
+from agent.homeassistant.announcer import Announcer
 from agent.mqtt.payloads import Reading, encode_json, iso_ts
 from agent.mqtt.topics import Topics
 from agent.mqtt.transport import IncomingMessage, Transport, TransportEvents, Will
+from agent.observability.http import HealthServer, Response
+from agent.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from agent.observability.metrics import Metrics
+from agent.observability.report import health_payload, healthz, snapshot
 from agent.pipeline.outbox import Outbox
 from agent.runtime.hardware_setup import make_hardware, sensor_opener, spec_of
+from agent.runtime.logging_setup import add_secrets, config_secrets, event_fields
 from agent.runtime.paths import state_dir
+from agent.runtime.reload import ReloadPlan, plan_reload
+from agent.runtime.systemd import Notifier, status_line
 from agent.sampling.scheduler import Scheduler, SensorSlot
+from drivers.base import Options
+from drivers.hardware import SimulatedHardware
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +47,8 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 #: How long a clean stop waits for readings in flight to be acknowledged.
 DRAIN_ON_STOP_S = 1.0
+#: How often systemd's STATUS= line is refreshed (sent only when it changed).
+STATUS_EVERY_S = 5.0
 
 
 def open_store(config: Config) -> MessageStore:
@@ -49,21 +68,54 @@ def open_store(config: Config) -> MessageStore:
     return store
 
 
+class _Link(TransportEvents):
+    """Hands one transport's events to the agent, and only while that transport is the
+    agent's current one: after a reload replaced it, the old one's last events (its
+    disconnect, late acknowledgements) must not reach the new connection's bookkeeping."""
+
+    def __init__(self, agent: Agent, transport_id: int) -> None:
+        self._agent = agent
+        self._id = transport_id
+
+    def _current(self) -> bool:
+        return self._agent._transport_id == self._id
+
+    def connected(self, session_present: bool) -> None:
+        if self._current():
+            self._agent.connected(session_present)
+
+    def disconnected(self, reason: str) -> None:
+        if self._current():
+            self._agent.disconnected(reason)
+
+    def published(self, mid: int, ok: bool) -> None:
+        if self._current():
+            self._agent.published(mid, ok)
+
+    def message(self, message: IncomingMessage) -> None:
+        if self._current():
+            self._agent.message(message)
+
+
 class Agent(TransportEvents):
     """One running agent.
 
     Args:
         loaded: the validated config.
         simulate: run on emulated hardware (also ``simulate: true`` in the config).
+        notifier: tells systemd about readiness, status, reloads and health.
     """
 
-    def __init__(self, loaded: LoadedConfig, *, simulate: bool = False) -> None:
+    def __init__(
+        self, loaded: LoadedConfig, *, simulate: bool = False, notifier: Notifier | None = None
+    ) -> None:
         self.loaded = loaded
         self.config = loaded.config
         assert self.config.device_id is not None
         self.device_id = self.config.device_id
         self.topics = Topics.for_device(self.config.mqtt.topic_prefix, self.device_id)
         self.simulate = simulate or self.config.simulate
+        self.notifier = notifier or Notifier({})
         self.started_at = time.time()
         self.connected_since: float | None = None
         self.counters: dict[str, int] = {
@@ -71,115 +123,403 @@ class Agent(TransportEvents):
             "connects": 0,
             "reconnects": 0,
             "events": 0,
+            "reloads": 0,
         }
         self._transport: Transport | None = None
+        self._transport_id = 0
         self._outbox: Outbox | None = None
+        self.scheduler: Scheduler | None = None
+        self._sampling: asyncio.Task[None] | None = None
+        self.outputs: OutputController | None = None
+        self.inputs: InputWatcher | None = None
+        self.commands: CommandHandler | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.disconnected_at: float | None = None
+        #: The last error event: {"ts", "kind", "message"}.
+        self.last_error: dict[str, str] | None = None
+        #: Readings per sensor, across reloads.
+        self.readings: Counter[str] = Counter()
+        #: Failed reads per (sensor, kind) of sensors replaced by a reload.
+        self.retired_read_errors: Counter[tuple[str, str]] = Counter()
+        self.announcer = Announcer(config=self.config, topics=self.topics, publish=self._retain)
+        self._http: HealthServer | None = None
+        self._stop: asyncio.Event | None = None
+        self._failure: BaseException | None = None
+        self._reloading: asyncio.Task[bool] | None = None
+        #: Events reported before the outbox exists (an output that cannot be opened).
+        self._early_events: list[Event] = []
+        self._stopping = False
+
+    @property
+    def outbox(self) -> Outbox | None:
+        return self._outbox
+
+    @property
+    def transport(self) -> Transport | None:
+        return self._transport
+
+    @property
+    def sampling_running(self) -> bool:
+        return self._sampling is not None and not self._sampling.done()
 
     # -- lifecycle -------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then publish ``offline`` and release everything."""
         loop = asyncio.get_running_loop()
+        self._stop = stop
+        hardware = self.hardware = make_hardware(self.config, simulate=self.simulate)
+        # Outputs take their initial (or restored) level first: before the buffer is
+        # opened (which may take a while after a power cut) and before the broker is tried.
+        outputs = self.outputs = OutputController(
+            outputs=dict(self.config.outputs),
+            hardware=hardware,
+            state_file=OutputStateFile(state_dir(self.config.state_dir) / "outputs.json"),
+            publish=self._publish_output,
+            report=self.report,
+            loop=loop,
+        )
+        outputs.open()
         store = open_store(self.config)
         if store.depth():
             log.info("buffer %s holds %d readings to deliver", store.path, store.depth())
-        hardware = make_hardware(self.config, simulate=self.simulate)
+        transport = self._new_transport()
+        outbox = self._outbox = Outbox(
+            store=store,
+            sender=transport,
+            durability=self.config.buffer.durability,
+            report=self.report,
+            defer=loop.call_soon,
+        )
+        for event in self._early_events:
+            self._send_event(event)
+        self._early_events.clear()
+        self.inputs = self._open_inputs()
+        self.commands = self._command_handler()
+        self._start_sampling()
+        transport.start()
+        self._background(self._publish_health(), "health")
+        self._background(outbox.run(), "replay")
+        self._background(self._keep_status(), "status")
+        self._background(self.notifier.run_watchdog(self._healthy), "watchdog")
+        mqtt = self.config.mqtt
+        log.info(
+            "edge-agent %s started: device %s, %d sensors, %d outputs, %d inputs, broker %s:%d%s",
+            __version__,
+            self.device_id,
+            len(self.config.sensors),
+            len(self.config.outputs),
+            len(self.config.inputs),
+            mqtt.host,
+            mqtt.effective_port,
+            " (simulated hardware)" if self.simulate else "",
+        )
+        await self._start_http()
+        self.notifier.ready(self.status_line())
+        try:
+            await stop.wait()
+            if self._failure is not None:
+                raise self._failure
+        finally:
+            self._stopping = True
+            self.notifier.stopping()
+            if self._reloading is not None:
+                self._reloading.cancel()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._stop_sampling()
+            if self._http is not None:
+                await self._http.close()
+            outputs.shutdown()
+            # Nothing new is read now. Give what is in flight a moment to be acknowledged,
+            # then stop the transport (the acknowledgements it still hands over run during
+            # the await), and keep whatever is still unacknowledged in the store.
+            await outbox.drain(DRAIN_ON_STOP_S)
+            current, status = self._transport, self.topics.status
+            assert current is not None
+            await loop.run_in_executor(None, lambda: current.stop(last=(status, OFFLINE)))
+            await asyncio.sleep(0)
+            outbox.close()
+            outputs.close()
+            self.inputs.close()
+            hardware.close()
+            log.info("edge-agent stopped")
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coro`` until the agent stops; if it fails, the agent stops with its error."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())
+        self._failure = task.exception()
+        if self._stop is not None:
+            self._stop.set()
+
+    def _new_transport(self) -> Transport:
+        """A transport for the current config, subscribed to the commands, not started."""
+        mqtt = self.config.mqtt
+        self._transport_id += 1
+        transport = self._transport = Transport(
+            settings=mqtt,
+            client_id=mqtt.client_id or f"edge-agent-{self.device_id}",
+            will=Will(self.topics.status, OFFLINE),
+            events=_Link(self, self._transport_id),
+            loop=asyncio.get_running_loop(),
+        )
+        transport.subscribe(self.topics.command_filter, qos=1)
+        for topic in self.announcer.subscriptions():
+            transport.subscribe(topic, qos=1)
+        return transport
+
+    def _open_inputs(self) -> InputWatcher:
+        inputs = InputWatcher(
+            inputs=dict(self.config.inputs),
+            hardware=self.hardware,
+            publish=self._publish_input,
+            report=self.report,
+            loop=asyncio.get_running_loop(),
+        )
+        inputs.open()
+        return inputs
+
+    def _command_handler(self) -> CommandHandler:
+        assert self.outputs is not None
+        return CommandHandler(
+            topics=self.topics,
+            outputs=self.outputs,
+            max_age=self.config.commands.max_age,
+            send=self._send_reply,
+        )
+
+    def _start_sampling(self) -> None:
         slots = [
             SensorSlot(
                 name=name,
                 spec=spec_of(options),
                 options=options,
-                open=sensor_opener(options, hardware),
+                open=sensor_opener(options, self.hardware),
             )
             for name, options in self.config.sensors.items()
         ]
-        scheduler = Scheduler(
-            slots=slots, emit=self._publish_reading, report=self.report, sequence=store.sequences
-        )
-        mqtt = self.config.mqtt
-        self._transport = Transport(
-            settings=mqtt,
-            client_id=mqtt.client_id or f"edge-agent-{self.device_id}",
-            will=Will(self.topics.status, OFFLINE),
-            events=self,
-            loop=loop,
-        )
-        outbox = self._outbox = Outbox(
-            store=store,
-            sender=self._transport,
-            durability=self.config.buffer.durability,
+        assert self._outbox is not None
+        self.scheduler = Scheduler(
+            slots=slots,
+            emit=self._publish_reading,
             report=self.report,
-            defer=loop.call_soon,
+            sequence=self._outbox.store.sequences,
         )
-        self.scheduler = scheduler
-        self._transport.start()
-        tasks = [
-            asyncio.create_task(scheduler.run(), name="scheduler"),
-            asyncio.create_task(self._publish_health(), name="health"),
-            asyncio.create_task(outbox.run(), name="replay"),
-        ]
-        log.info(
-            "edge-agent %s started: device %s, %d sensors, broker %s:%d%s",
-            __version__,
-            self.device_id,
-            len(slots),
-            mqtt.host,
-            mqtt.effective_port,
-            " (simulated hardware)" if self.simulate else "",
-        )
-        try:
-            stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopper and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            stopper.cancel()
-            scheduler.close()
-            # Nothing new is read now. Give what is in flight a moment to be acknowledged,
-            # then stop the transport (the acknowledgements it still hands over run during
-            # the await), and keep whatever is still unacknowledged in the store.
-            await outbox.drain(DRAIN_ON_STOP_S)
-            await loop.run_in_executor(
-                None,
-                lambda: self._transport.stop(last=(self.topics.status, OFFLINE)),  # type: ignore[union-attr]
-            )
-            await asyncio.sleep(0)
-            outbox.close()
-            for slot in slots:
+        self._sampling = asyncio.create_task(self.scheduler.run(), name="scheduler")
+        self._sampling.add_done_callback(self._task_done)
+
+    async def _stop_sampling(self) -> None:
+        if self._sampling is not None:
+            self._sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampling
+            self._sampling = None
+        if self.scheduler is not None:
+            self.scheduler.close()
+            for slot in self.scheduler.slots:
+                for kind, n in slot.error_kinds.items():
+                    self.retired_read_errors[(slot.name, kind)] += n
                 if slot.driver is not None:
                     slot.driver.close()
-            hardware.close()
-            log.info("edge-agent stopped")
+            self.scheduler = None
 
-    # -- transport events (on the event loop) ---------------------------------------
+    # -- health for systemd ------------------------------------------------------------
+    def _healthy(self) -> bool:
+        """Whether systemd's watchdog may be fed: the loop runs (this is called from it),
+        sampling runs, and the network thread is alive."""
+        transport = self._transport
+        return (
+            self._failure is None
+            and self._sampling is not None
+            and not self._sampling.done()
+            and transport is not None
+            and transport.alive
+        )
+
+    def status_line(self) -> str:
+        """``systemctl status``'s one line: connection, sensors, queue."""
+        mqtt = self.config.mqtt
+        failed = [s.name for s in self.scheduler.slots if s.failed] if self.scheduler else []
+        return status_line(
+            connected=self._transport is not None and self._transport.connected,
+            host=mqtt.host,
+            port=mqtt.effective_port,
+            sensors_ok=len(self.config.sensors) - len(failed),
+            sensors_failed=failed,
+            queue_depth=self._outbox.queue_depth() if self._outbox is not None else 0,
+        )
+
+    async def _keep_status(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)
+            self.notifier.status(self.status_line())
+
+    # -- reload (SIGHUP) ---------------------------------------------------------------
+    def request_reload(self) -> None:
+        """Re-read the config file and apply it (from a SIGHUP handler, on the loop)."""
+        if self._reloading is not None and not self._reloading.done():
+            log.info("a reload is already running")
+            return
+        self._reloading = asyncio.create_task(self.reload(), name="reload")
+
+    async def reload(self) -> bool:
+        """Load the config file again. An invalid one is reported and the running config
+        is kept; a valid one is applied without losing buffered readings.
+
+        Returns:
+            Whether the new config is now running.
+        """
+        self.notifier.reloading()
+        try:
+            try:
+                loaded = load_config(self.loaded.path)
+            except ConfigError as e:
+                log.error("reload refused; still running the previous config:\n%s", e)
+                self.report(
+                    Event(
+                        "config_rejected",
+                        f"{self.loaded.path} has {len(e.problems)} problem(s); "
+                        "still running the previous config",
+                        level="error",
+                        fields={"problems": [str(p) for p in e.problems]},
+                    )
+                )
+                return False
+            plan = plan_reload(self.config, loaded.config)
+            if plan.restart_needed:
+                self.report(
+                    Event(
+                        "config_rejected",
+                        f"changing {', '.join(plan.restart_needed)} needs a restart "
+                        "(systemctl restart edge-agent); still running the previous config",
+                        level="error",
+                        fields={"restart_needed": list(plan.restart_needed)},
+                    )
+                )
+                return False
+            await self._apply(loaded, plan)
+            self.counters["reloads"] += 1
+            self.report(
+                Event(
+                    "config_reloaded",
+                    f"{loaded.path} applied",
+                    fields={"config_sha256": loaded.sha256},
+                )
+            )
+            return True
+        finally:
+            self.notifier.ready(self.status_line())
+
+    async def _apply(self, loaded: LoadedConfig, plan: ReloadPlan) -> None:
+        old_topics = self.topics
+        self.loaded, self.config = loaded, loaded.config
+        assert self.config.device_id is not None
+        self.device_id = self.config.device_id
+        self.topics = Topics.for_device(self.config.mqtt.topic_prefix, self.device_id)
+        add_secrets(config_secrets(self.config))
+        if plan.log_level:
+            logging.getLogger().setLevel(self.config.log_level.upper())
+        if plan.sensors:
+            await self._stop_sampling()
+            self._emulate(self.config.sensors.values())
+            self._start_sampling()
+        if plan.outputs:
+            assert self.outputs is not None
+            self._emulate(self.config.outputs.values())
+            for name in self.outputs.reconfigure(dict(self.config.outputs)):
+                self._publish(old_topics.output_state(name), b"", qos=1, retain=True)
+            self.outputs.publish_all()
+            if self.connected_since is None:
+                self.outputs.disconnected()  # failsafe timers for new outputs too
+        if plan.inputs:
+            assert self.inputs is not None
+            self.inputs.close()
+            for name in set(self.inputs.states) - set(self.config.inputs):
+                self._publish(old_topics.input(name), b"", qos=1, retain=True)
+            self._emulate(self.config.inputs.values())
+            self.inputs = self._open_inputs()
+            self.inputs.publish_all()
+        previous = self.commands
+        self.commands = self._command_handler()
+        if previous is not None:
+            self.commands.carry_over(previous)
+        self.announcer.reconfigure(self.config, self.topics)
+        if plan.mqtt:
+            await self._reconnect(old_topics)
+        else:
+            self._publish(self.topics.info, encode_json(self.info()), qos=1, retain=True)
+
+    def _emulate(self, options: Iterable[Options]) -> None:
+        """Under simulation, give newly configured devices their emulators."""
+        if isinstance(self.hardware, SimulatedHardware):
+            for item in options:
+                spec_of(item).emulate(item, self.hardware)
+
+    async def _reconnect(self, old_topics: Topics) -> None:
+        """Replace the connection: ``offline`` on the old base, then a new transport."""
+        old = self._transport
+        assert old is not None and self._outbox is not None and self.outputs is not None
+        self._transport_id += 1  # the old transport's events are ignored from here on
+        log.info("reconnecting: the mqtt settings or the device id changed")
+        self.connected_since = None
+        self._outbox.disconnected()  # its unacknowledged readings go to the store
+        self.outputs.disconnected()
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: old.stop(last=(old_topics.status, OFFLINE))
+        )
+        transport = self._new_transport()
+        self._outbox.use_sender(transport)
+        transport.start()
+
+    # -- transport events (on the event loop, from the current transport only) ---------
     def connected(self, session_present: bool) -> None:
-        assert self._transport is not None
         self.connected_since = time.time()
         self.counters["connects"] += 1
         self.counters["reconnects"] = self.counters["connects"] - 1
         log.info("connected to %s:%d", self.config.mqtt.host, self.config.mqtt.effective_port)
         self._publish(self.topics.status, ONLINE, qos=1, retain=True)
         self._publish(self.topics.info, encode_json(self.info()), qos=1, retain=True)
+        if self.outputs is not None:
+            self.outputs.connected()
+            self.outputs.publish_all()
+        if self.inputs is not None:
+            self.inputs.publish_all()
+        self.announcer.announce()
         if self._outbox is not None:
             self._outbox.connected()  # then queued events, then the replay
+        self.notifier.status(self.status_line())
 
     def disconnected(self, reason: str) -> None:
         self.connected_since = None
-        log.warning("disconnected from the broker (%s); reconnecting", reason)
+        self.disconnected_at = time.time()
+        if self._stopping:
+            log.info("disconnected from the broker")
+        else:
+            log.warning("disconnected from the broker (%s); reconnecting", reason)
+        if self.outputs is not None:
+            self.outputs.disconnected()
         if self._outbox is not None:
             self._outbox.disconnected()
+        self.notifier.status(self.status_line())
 
     def published(self, mid: int, ok: bool) -> None:
         if self._outbox is not None:
             self._outbox.published(mid, ok)
 
     def message(self, message: IncomingMessage) -> None:
-        log.debug("ignoring message on %s", message.topic)
+        if self.announcer.handle(message):
+            return
+        if self.commands is not None:
+            self.commands.handle(message)
 
     # -- publishing ------------------------------------------------------------------
     def _publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
@@ -187,8 +527,28 @@ class Agent(TransportEvents):
         assert self._transport is not None
         self._transport.publish(topic, payload, qos=qos, retain=retain)
 
+    def _publish_output(self, name: str, state: OutputState) -> None:
+        self._publish(self.topics.output_state(name), state.encode(), qos=1, retain=True)
+
+    def _publish_input(self, name: str, state: InputState) -> None:
+        self._publish(self.topics.input(name), state.encode(), qos=1, retain=True)
+
+    def _send_reply(self, reply: Reply) -> None:
+        assert self._transport is not None
+        try:
+            self._transport.publish(
+                reply.topic,
+                reply.payload,
+                qos=1,
+                retain=False,
+                correlation_data=reply.correlation_data,
+            )
+        except ValueError as e:  # a response topic paho refuses
+            log.warning("cannot reply on %r: %s", reply.topic, e)
+
     def _publish_reading(self, reading: Reading, slot: SensorSlot) -> None:
         assert self._outbox is not None
+        self.readings[reading.sensor] += 1
         self._outbox.submit(
             reading,
             topic=self.topics.sensor(reading.sensor),
@@ -199,12 +559,23 @@ class Agent(TransportEvents):
     def report(self, event: Event) -> None:
         """Log an event and publish it on ``<base>/event``."""
         level = getattr(logging, event.level.upper())
-        log.log(level, "%s: %s", event.kind, event.message)
+        log.log(
+            level, "%s: %s", event.kind, event.message, extra=event_fields(event.kind, event.fields)
+        )
         if event.kind in ("read_error", "sensor_failed"):
             self.counters["read_errors"] += 1
+        if event.kind in ("sensor_failed", "sensor_recovered"):
+            self.notifier.status(self.status_line())
+        if event.level == "error":
+            self.last_error = {"ts": iso_ts(event.ts), "kind": event.kind, "message": event.message}
         self.counters["events"] += 1
         if self._outbox is None:
+            self._early_events.append(event)
             return
+        self._send_event(event)
+
+    def _send_event(self, event: Event) -> None:
+        assert self._outbox is not None
         body = {
             "ts": iso_ts(event.ts),
             "level": event.level,
@@ -215,9 +586,8 @@ class Agent(TransportEvents):
         self._outbox.send_event(self.topics.event, encode_json(body))
 
     async def _publish_health(self) -> None:
-        interval = self.config.health.publish_interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.config.health.publish_interval)
             if self._transport is not None and self._transport.connected:
                 self._publish(self.topics.health, encode_json(self.health()), qos=0, retain=True)
 
@@ -249,15 +619,38 @@ class Agent(TransportEvents):
 
     def health(self) -> dict[str, Any]:
         """The ``<base>/health`` payload."""
-        now = time.time()
-        outbox = self._outbox
-        oldest = outbox.oldest_queued_ts() if outbox is not None else None
-        return {
-            "ts": iso_ts(now),
-            "uptime_s": round(now - self.started_at, 3),
-            "connected_since": iso_ts(self.connected_since) if self.connected_since else None,
-            "queue_depth": outbox.queue_depth() if outbox is not None else 0,
-            "oldest_queued_age_s": round(max(now - oldest, 0.0), 3) if oldest else None,
-            "counters": {**self.counters, **(outbox.counters if outbox is not None else {})},
-            "sensors_failed": [s.name for s in self.scheduler.slots if s.failed],
-        }
+        return health_payload(self)
+
+    def _retain(self, topic: str, payload: bytes) -> None:
+        self._publish(topic, payload, qos=1, retain=True)
+
+    # -- the local HTTP endpoint --------------------------------------------------------
+    async def _start_http(self) -> None:
+        listen = self.config.health.listen
+        if listen is None:
+            return
+        metrics = Metrics(lambda: snapshot(self))
+
+        def healthz_response() -> Response:
+            ok, body = healthz(self)
+            return Response(200 if ok else 503, encode_json(body))
+
+        server = HealthServer(
+            listen,
+            {
+                "/healthz": healthz_response,
+                "/metrics": lambda: Response(200, metrics.render(), METRICS_CONTENT_TYPE),
+            },
+        )
+        try:
+            await server.start()
+        except OSError as e:
+            self.report(
+                Event(
+                    "health_endpoint_failed",
+                    f"cannot serve /healthz on {listen}: {e.strerror or e}",
+                    level="error",
+                )
+            )
+            return
+        self._http = server

@@ -1,0 +1,67 @@
+"""What a reload (SIGHUP, ``systemctl reload``) has to change: a pure comparison of the
+running config with the new one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.config.model import Config
+
+#: Settings a running agent cannot take over; a reload that changes them is refused.
+RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
+    ("state_dir", lambda c: c.state_dir),
+    ("simulate", lambda c: c.simulate),
+    ("buffer.path", lambda c: c.buffer.path),
+    ("buffer.durability", lambda c: c.buffer.durability),
+    ("buffer.max_messages", lambda c: c.buffer.max_messages),
+    ("buffer.max_age", lambda c: c.buffer.max_age),
+    ("health.listen", lambda c: c.health.listen),
+)
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """The parts of the agent a new config touches."""
+
+    #: Keys whose change needs a restart; when any, the reload is refused as a whole.
+    restart_needed: tuple[str, ...]
+    sensors: bool
+    outputs: bool
+    inputs: bool
+    #: The connection or the topics change: reconnect (``offline`` on the old base first).
+    mqtt: bool
+    commands: bool
+    homeassistant: bool
+    log_level: bool
+    health_interval: bool
+
+    @property
+    def changes_anything(self) -> bool:
+        return any(
+            (
+                self.sensors,
+                self.outputs,
+                self.inputs,
+                self.mqtt,
+                self.commands,
+                self.homeassistant,
+                self.log_level,
+                self.health_interval,
+            )
+        )
+
+
+def plan_reload(old: Config, new: Config) -> ReloadPlan:
+    """Compare two validated configs."""
+    return ReloadPlan(
+        restart_needed=tuple(key for key, get in RESTART_ONLY if get(old) != get(new)),
+        sensors=old.sensors != new.sensors,
+        outputs=old.outputs != new.outputs,
+        inputs=old.inputs != new.inputs,
+        mqtt=old.mqtt != new.mqtt or old.device_id != new.device_id,
+        commands=old.commands != new.commands,
+        homeassistant=old.homeassistant != new.homeassistant,
+        log_level=old.log_level != new.log_level,
+        health_interval=old.health.publish_interval != new.health.publish_interval,
+    )
