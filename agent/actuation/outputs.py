@@ -27,7 +27,7 @@ import msgspec
 
 from agent.actuation.statefile import OutputStateFile
 from agent.commands.parse import Command, CommandRefused
-from agent.events import Event, EventSink
+from agent.events import Event, EventSink, Level
 from agent.mqtt.payloads import encode_json, iso_ts
 from agent.runtime.hardware_setup import guarded_open, spec_of
 from drivers.base import Output, OutputOptions
@@ -172,13 +172,11 @@ class OutputController:
             out.driver = driver
             on = driver.is_on
         except DriverError as e:
-            self._report(
-                Event(
-                    "output_unavailable",
-                    f"output {out.name} cannot be used: {e}",
-                    level="error",
-                    fields={"output": out.name},
-                )
+            self._event(
+                out,
+                "output_unavailable",
+                f"output {out.name} cannot be used: {e}",
+                "error",
             )
             return
         out.state = OutputState(on, "restore" if restore else "boot", self._clock())
@@ -370,14 +368,15 @@ class OutputController:
                     command.id,
                 )
 
+    def _event(self, out: _Output, kind: str, message: str, level: Level) -> None:
+        self._report(Event(kind, message, level=level, fields={"output": out.name}))
+
     def _hardware_error(self, out: _Output, error: DriverError) -> None:
-        self._report(
-            Event(
-                "output_error",
-                f"output {out.name}: {error}",
-                level="error",
-                fields={"output": out.name},
-            )
+        self._event(
+            out,
+            "output_error",
+            f"output {out.name}: {error}",
+            "error",
         )
         if out.driver is not None and out.state is not None:
             try:
@@ -428,23 +427,19 @@ class OutputController:
         if target and not self._partners_off(out):
             # Switching back on would need an interlocked partner switched off; a pulse end
             # is not a command, so it gives way instead.
-            self._report(
-                Event(
-                    "pulse_end_skipped",
-                    f"{out.name} stays off after its pulse: an interlocked output is on",
-                    level="warning",
-                    fields={"output": out.name},
-                )
+            self._event(
+                out,
+                "pulse_end_skipped",
+                f"{out.name} stays off after its pulse: an interlocked output is on",
+                "warning",
             )
             return
         if self._try_switch(out, target, reason) and reason == "max_on":
-            self._report(
-                Event(
-                    "max_on",
-                    f"{out.name} switched off after max_on ({out.options.max_on:g} s)",
-                    level="warning",
-                    fields={"output": out.name},
-                )
+            self._event(
+                out,
+                "max_on",
+                f"{out.name} switched off after max_on ({out.options.max_on:g} s)",
+                "warning",
             )
 
     def _partners_off(self, out: _Output) -> bool:
@@ -471,14 +466,12 @@ class OutputController:
         if target and not self._partners_off(out):
             return
         if self._try_switch(out, target, "failsafe"):
-            self._report(
-                Event(
-                    "failsafe",
-                    f"{out.name} switched {_word(target)}: no broker for "
-                    f"{out.options.failsafe_after:g} s",
-                    level="warning",
-                    fields={"output": out.name},
-                )
+            self._event(
+                out,
+                "failsafe",
+                f"{out.name} switched {_word(target)}: no broker for "
+                f"{out.options.failsafe_after:g} s",
+                "warning",
             )
 
     def _cancel(self, out: _Output) -> None:

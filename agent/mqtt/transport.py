@@ -40,7 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config.model import MQTTConfig
+from agent.config.model import MQTTConfig, TLSConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,17 @@ def refusal_message(reason_code: ReasonCode, *, protocol: str, client_id: str) -
     return f"the broker refused the connection: {sentence} [{reason_code}]"
 
 
+def tls_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The TLS settings as an SSL context: certificate and hostname checked (unless
+    ``insecure``), a client certificate when one is configured."""
+    context = ssl.create_default_context(cafile=tls.ca_certs)
+    if tls.certfile is not None:
+        context.load_cert_chain(tls.certfile, tls.keyfile)
+    if tls.insecure:
+        context.check_hostname = False
+    return context
+
+
 def backoff_delay(attempt: int, *, min_delay: float, max_delay: float, rng: random.Random) -> float:
     """Full jitter: uniform in [0, min(max_delay, min_delay * 2**attempt)], at least 50 ms."""
     cap = min(max_delay, min_delay * (2 ** min(attempt, 30)))
@@ -196,12 +207,7 @@ class Transport:
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if s.tls is not None:
-            context = ssl.create_default_context(cafile=s.tls.ca_certs)
-            if s.tls.certfile is not None:
-                context.load_cert_chain(s.tls.certfile, s.tls.keyfile)
-            if s.tls.insecure:
-                context.check_hostname = False
-            client.tls_set_context(context)
+            client.tls_set_context(tls_context(s.tls))
         client.max_inflight_messages_set(20)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect

@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.config.model import Config
 from agent.mqtt.payloads import parse_iso_ts
 from agent.mqtt.topics import Topics
+from agent.mqtt.transport import tls_context
 from agent.observability.http import parse_listen
 
 
@@ -86,14 +87,7 @@ def from_broker(config: Config, timeout: float = 2.0) -> DeviceView:
     if mqtt.username is not None:
         client.username_pw_set(mqtt.username, mqtt.password)
     if mqtt.tls is not None:
-        import ssl
-
-        context = ssl.create_default_context(cafile=mqtt.tls.ca_certs)
-        if mqtt.tls.certfile is not None:
-            context.load_cert_chain(mqtt.tls.certfile, mqtt.tls.keyfile)
-        if mqtt.tls.insecure:
-            context.check_hostname = False
-        client.tls_set_context(context)
+        client.tls_set_context(tls_context(mqtt.tls))
     client.on_connect = lambda c, *a: c.subscribe(f"{topics.base}/#", qos=1)
     wanted = {topics.sensor(name) for name in config.sensors}
 
