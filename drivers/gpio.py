@@ -14,7 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from drivers.base import DriverSpec, Input, InputOptions, Output, OutputOptions, Seconds
+from drivers.base import (
+    DriverSpec,
+    Input,
+    InputOptions,
+    Options,
+    Output,
+    OutputOptions,
+    Seconds,
+)
 from drivers.errors import (
     DeviceNotFound,
     DriverError,
@@ -43,6 +51,8 @@ door:
   pin: 27                # BCM number, or any pin name gpiozero accepts
   pull_up: true          # on = pin pulled LOW (a contact to ground); false: on = HIGH
   bounce_time: 50ms      # edges closer than this are one edge
+  simulation:            # used only when simulating
+    toggle_every: 30s    # the contact opens and closes by itself
 """
 
 
@@ -72,6 +82,16 @@ class GPIOInputOptions(InputOptions, frozen=True, kw_only=True, tag="gpio"):
     pull_up: bool = True
     #: Edges within this many seconds of the last are ignored; 0 disables debouncing.
     bounce_time: Seconds = 0.05
+    #: Used only when simulating: the contact opens and closes every this many seconds
+    #: (0: it stays open).
+    simulation: InputSimulation | None = None
+
+
+class InputSimulation(Options, frozen=True):
+    """How a simulated input behaves."""
+
+    #: Seconds between two changes of the emulated contact; 0 or absent: never changes.
+    toggle_every: Seconds = 0.0
 
 
 def _open_error(pin: int | str, what: str, e: Exception) -> DriverError:
@@ -285,7 +305,24 @@ def open_gpio_input(options: GPIOInputOptions, hardware: Hardware) -> GPIOInput:
 
 
 def emulate_nothing(options: Any, hardware: SimulatedHardware) -> None:
-    """GPIO needs no emulator: ``SimulatedHardware.pin_factory()`` is a ``MockFactory``."""
+    """Relays need no emulator: ``SimulatedHardware.pin_factory()`` is a ``MockFactory``."""
+
+
+def emulate_input(options: GPIOInputOptions, hardware: SimulatedHardware) -> None:
+    """A ``MockFactory`` pin, and with ``simulation.toggle_every`` a contact that opens
+    and closes by itself, so a simulated agent has input edges to report."""
+    period = options.simulation.toggle_every if options.simulation else 0.0
+    if period <= 0:
+        return
+
+    def toggle() -> None:
+        pin = hardware.pin_factory().pin(options.pin)
+        if pin.state:
+            pin.drive_low()
+        else:
+            pin.drive_high()
+
+    hardware.every(period, toggle, name=f"gpio{options.pin}")
 
 
 RELAY_SPEC = DriverSpec(
@@ -304,7 +341,7 @@ GPIO_SPEC = DriverSpec(
     summary="a contact or switch on a GPIO pin (gpiozero DigitalInputDevice)",
     options=GPIOInputOptions,
     open=open_gpio_input,
-    emulate=emulate_nothing,
+    emulate=emulate_input,
     sample=SAMPLE_GPIO,
 )
 

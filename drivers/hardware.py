@@ -9,6 +9,7 @@ driver code.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import shutil
 import tempfile
@@ -99,6 +100,8 @@ class SimulatedHardware(Hardware):
         self.seed = seed
         self._attrs: dict[Path, Callable[[], str]] = {}
         self._factory: Any = None
+        self._stop = threading.Event()
+        self._tickers: list[threading.Thread] = []
 
     def _open_i2c(self, number: int) -> FakeSMBus:
         return FakeSMBus(number, seed=self.seed)
@@ -123,6 +126,19 @@ class SimulatedHardware(Hardware):
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
         return super().read_attr(path)
 
+    def every(self, period_s: float, action: Callable[[], None], name: str) -> None:
+        """Call ``action`` every ``period_s`` on a thread of its own until :meth:`close`
+        (an emulated contact that opens and closes, say). Errors in it are ignored."""
+
+        def tick() -> None:
+            while not self._stop.wait(period_s):
+                with contextlib.suppress(Exception):
+                    action()
+
+        thread = threading.Thread(target=tick, name=f"sim-{name}", daemon=True)
+        thread.start()
+        self._tickers.append(thread)
+
     def pin_factory(self) -> Any:
         if self._factory is None:
             from gpiozero.pins.mock import MockFactory
@@ -131,6 +147,10 @@ class SimulatedHardware(Hardware):
         return self._factory
 
     def close(self) -> None:
+        self._stop.set()
+        for thread in self._tickers:
+            thread.join(1.0)
+        self._tickers.clear()
         super().close()
         if self._factory is not None:
             self._factory.close()

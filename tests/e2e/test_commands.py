@@ -6,6 +6,7 @@ read back from the pin (``Relay.is_on``), so a published state is the pin's leve
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import time
@@ -543,3 +544,28 @@ def test_commands_queued_while_offline_are_judged_after_the_reconnect(
         assert reply_to(c, base, "fresh")["ok"] is True
     assert states(c, base, "pump")[-1]["state"] == "off"
     assert states(c, base, "heater")[-1]["state"] == "on"
+
+
+def test_input_edges_are_published_at_once_retained(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    base = f"edge/{device_id}"
+    inputs = """\
+inputs:
+  door:
+    driver: gpio
+    pin: 27
+    simulation: {toggle_every: 300ms}
+"""
+    with Collector(broker.port, f"{base}/input/#", retain_as_published=True) as c:
+        agent = start_agent(tmp_path, broker.port, device_id, agents, outputs=inputs)
+        edges = c.topic(f"{base}/input/door", count=5)
+        agent.stop()
+    states = [m.json()["state"] for m in edges]
+    # The boot state, then one message per edge: they alternate.
+    assert all(a != b for a, b in itertools.pairwise(states)), states
+    assert all(m.qos == 1 and m.retain for m in edges)
+    stamps = [parse_iso_ts(m.json()["ts"]) for m in edges]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    last = retained(broker.port, f"{base}/input/door")
+    assert last is not None and last.json()["state"] in ("on", "off")
