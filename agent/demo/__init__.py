@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from agent.config.load import load_config
-from agent.demo.broker import BrokerUnavailable, PrivateBroker
+from agent.demo.broker import BrokerUnavailable, PrivateBroker, free_port
 from agent.demo.liveview import LiveView
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
@@ -29,6 +29,7 @@ def run_demo(*, config: Path | None = None, duration: float | None = None) -> in
         os.environ,
         EDGE_AGENT_DEMO_PORT=str(broker.port),
         EDGE_AGENT_DEMO_STATE_DIR=str(workdir / "state"),
+        EDGE_AGENT_DEMO_HTTP_PORT=str(free_port()),
     )
     loaded = load_config(config, environ=env)  # errors surface here, before anything starts
     base = f"{loaded.config.mqtt.topic_prefix}/{loaded.config.device_id}"
@@ -51,6 +52,8 @@ def run_demo(*, config: Path | None = None, duration: float | None = None) -> in
         f"simulated hardware. Ctrl-C stops everything.\n"
         f"Watch it from another terminal: mosquitto_sub -p {broker.port} -t '{base}/#' -v"
     )
+    if loaded.config.health.listen:
+        header += f"\nHealth: curl http://{loaded.config.health.listen}/healthz  (and /metrics)"
     if loaded.config.outputs:
         output = next(iter(loaded.config.outputs))
         header += (
