@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := mosquitto libsystemd-dev pkg-config systemd-container debootstrap
 
-.PHONY: demo test check lint typecheck schema system-deps venv clean
+.PHONY: demo test check lint typecheck schema bench system-deps venv clean
 
 demo: $(STAMP)
 	$(BIN)/edge-agent demo
@@ -29,6 +29,11 @@ typecheck: $(STAMP)
 
 schema: $(STAMP)
 	$(BIN)/edge-agent schema > config/schema.json
+
+# Ours vs mqtt-io 2.7.0 (installed into tests/bench/.venv-mqttio) and raw-paho floors,
+# ~10 min; writes tests/bench/RESULTS.md. BENCH_QUICK=1 for a 2-minute smoke run.
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.run
 
 # Debian packages: mosquitto (the test and demo broker), libsystemd-dev + pkg-config
 # (to build systemd-python), systemd-container + debootstrap (tests/deploy/test_nspawn.py
