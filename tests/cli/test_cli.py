@@ -24,8 +24,13 @@ def test_check_uses_edge_agent_config_env(tmp_path: Path) -> None:
     assert "from-env" in result.stdout
 
 
-def test_read_simulated_prints_one_valid_reading_per_sensor() -> None:
-    result = run_cli("read", "--simulate", "-c", str(ROOT / "config/demo.yaml"))
+def test_read_simulated_prints_one_valid_reading_per_sensor(tmp_path: Path) -> None:
+    # The demo's DHT fails 10 % of its reads on purpose; a one-shot read must not.
+    config = tmp_path / "demo.yaml"
+    text = (ROOT / "config/demo.yaml").read_text()
+    assert "fail_rate: 0.1" in text
+    config.write_text(text.replace("fail_rate: 0.1", "fail_rate: 0.0"))
+    result = run_cli("read", "--simulate", "-c", str(config))
     assert result.returncode == 0, result.stderr
     readings = [json.loads(line) for line in result.stdout.splitlines()]
     demo_sensors = _demo_sensor_names()
