@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,11 +43,16 @@ def round_to_resolution(value: float, resolution: float) -> float:
     """
     if not math.isfinite(value) or resolution <= 0:
         return value
-    exponent = Decimal(repr(resolution)).normalize().as_tuple().exponent
-    decimals = max(0, -exponent) if isinstance(exponent, int) else 0
     if resolution >= 1:
         return float(round(value / resolution) * resolution)
-    return round(value, decimals)
+    return round(value, _decimals(resolution))
+
+
+@functools.lru_cache(maxsize=256)
+def _decimals(resolution: float) -> int:
+    """The decimals ``resolution`` implies (0.01 -> 2); a handful of distinct values."""
+    exponent = Decimal(repr(resolution)).normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
 def round_values(raw: Mapping[str, float], quantities: Mapping[str, Quantity]) -> dict[str, float]:

@@ -190,7 +190,7 @@ class Transport:
         # Held while publishing and while swapping in a fresh client, so that a publish
         # never lands in a client that is not (or no longer) the connected one.
         self._publish_lock = threading.Lock()
-        # The network thread wakes at least this often, for the watchdog.
+        # The shortest the network thread sleeps, and its tick without the watchdog.
         self._tick_s = min(1.0, settings.keepalive / 10)
         self._watchdog = True
         # What happened to the current connection attempt (network thread only).
@@ -395,7 +395,7 @@ class Transport:
         """Drive paho until the connection ends (or we stop)."""
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            rc = self.client.loop(timeout=self._tick_s)
+            rc = self.client.loop(timeout=self._next_tick())
             if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._watchdog:
                 self._watch_link()
         if self._stop.is_set():
@@ -408,6 +408,20 @@ class Transport:
                 ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"),
                 None,
             )
+
+    def _next_tick(self) -> float:
+        """How long ``loop()`` may wait for the socket: until the watchdog's next
+        deadline (a ping after keepalive/2 of silence, the drop after 1.5 x keepalive),
+        and at least every keepalive/4 so that paho's own keepalive ping is never late by
+        more than that. A publish or a stop wakes ``loop()`` earlier through paho's
+        socket pair. An idle link so wakes a few times per keepalive, not every second."""
+        if not self._watchdog:
+            return self._tick_s
+        keepalive = self.settings.keepalive
+        silent_s = time.monotonic() - self._last_in
+        pinged = self._ping_sent_at is not None and self._ping_sent_at >= self._last_in
+        deadline = (DEAD_AFTER_KEEPALIVES if pinged else PING_AFTER_KEEPALIVES) * keepalive
+        return min(max(deadline - silent_s, 0.05), max(keepalive / 4, self._tick_s))
 
     def _watch_link(self) -> None:
         """Ping a quiet broker early; give a silent one up after 1.5 x keepalive.

@@ -7,9 +7,7 @@ pays nothing for it.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -21,38 +19,9 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from agent.observability.report import Snapshot
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-@dataclass
-class Snapshot:
-    """What the agent knows at scrape time."""
-
-    device_id: str
-    version: str
-    uptime_s: float
-    connected: bool
-    connects: int
-    reconnects: int
-    queue_depth: int
-    oldest_queued_age_s: float | None
-    outbox: dict[str, int]
-    events: int
-    #: sensor -> readings taken
-    readings: dict[str, int] = field(default_factory=dict)
-    #: (sensor, error kind) -> failed reads
-    read_errors: Counter[tuple[str, str]] = field(default_factory=Counter)
-    sensors_failed: list[str] = field(default_factory=list)
-    #: sensor -> unix time of the last reading
-    last_reading_ts: dict[str, float] = field(default_factory=dict)
-    #: (output, result) -> commands
-    commands: Counter[tuple[str, str]] = field(default_factory=Counter)
-    #: output -> 1 on / 0 off
-    outputs_on: dict[str, int] = field(default_factory=dict)
-    latency_bounds: tuple[float, ...] = ()
-    latency_counts: list[int] = field(default_factory=list)
-    latency_count: int = 0
-    latency_sum: float = 0.0
 
 
 class _AgentCollector(Collector):

@@ -4,14 +4,45 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.mqtt.payloads import iso_ts
-from agent.observability.metrics import Snapshot
 
 if TYPE_CHECKING:
     from agent.runtime.daemon import Agent
+
+
+@dataclass
+class Snapshot:
+    """What the agent knows at scrape time."""
+
+    device_id: str
+    version: str
+    uptime_s: float
+    connected: bool
+    connects: int
+    reconnects: int
+    queue_depth: int
+    oldest_queued_age_s: float | None
+    outbox: dict[str, int]
+    events: int
+    #: sensor -> readings taken
+    readings: dict[str, int] = field(default_factory=dict)
+    #: (sensor, error kind) -> failed reads
+    read_errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+    sensors_failed: list[str] = field(default_factory=list)
+    #: sensor -> unix time of the last reading
+    last_reading_ts: dict[str, float] = field(default_factory=dict)
+    #: (output, result) -> commands
+    commands: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: output -> 1 on / 0 off
+    outputs_on: dict[str, int] = field(default_factory=dict)
+    latency_bounds: tuple[float, ...] = ()
+    latency_counts: list[int] = field(default_factory=list)
+    latency_count: int = 0
+    latency_sum: float = 0.0
 
 
 def health_payload(agent: Agent) -> dict[str, Any]:

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 Durability = Literal["offline", "always"]
 
 #: Replayed messages unacknowledged at once (mosquitto's receive maximum is 20).
-REPLAY_WINDOW = 10
+REPLAY_WINDOW = 16
 #: Replayed messages sent per loop turn before live work gets its turn.
 REPLAY_BATCH = 10
 #: At most one ``buffer_dropping`` event per this many seconds; counts in between merge.
@@ -308,10 +308,12 @@ class Outbox:
         """Replay whenever there is something to replay; enforce limits. Until cancelled."""
         next_limits = self._clock() + LIMITS_PERIOD_S
         while True:
-            # Wake at least every second. Not asyncio.wait_for: on 3.11 it can swallow a
-            # cancellation that coincides with the event being set, and stop would hang.
+            # Sleep until woken (a connect, a replay acknowledgement, close) or until the
+            # next thing that is due; an idle agent wakes once a minute, not every second
+            # (SD-card Pis run on batteries and solar too). Not asyncio.wait_for: on 3.11
+            # it can swallow a cancellation that coincides with the event being set.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(self._idle_timeout(next_limits)):
                     await self._wake.wait()
             self._wake.clear()
             if self._closed:
@@ -323,6 +325,15 @@ class Outbox:
             self._report_drops()
             while self.pump():
                 await asyncio.sleep(0)
+
+    def _idle_timeout(self, next_limits: float) -> float:
+        """Seconds :meth:`run` may sleep when nothing wakes it."""
+        timeout = next_limits - self._clock()
+        if self._unreported_drops:
+            timeout = min(timeout, self.drop_report_period_s)
+        if self._online and self._staged:
+            timeout = min(timeout, 1.0)  # a safety net; a connect wakes the replay anyway
+        return max(timeout, 0.01)
 
     async def drain(self, timeout: float) -> None:
         """Wait up to ``timeout`` s for every message in flight to be acknowledged."""
@@ -425,7 +436,7 @@ class Outbox:
         now = self._clock()
         last = self._last_drop_report
         if last is not None and now - last < self.drop_report_period_s:
-            return  # run() tries again every second
+            return  # run() tries again when the period is over
         dropped, self._unreported_drops = self._unreported_drops, 0
         self._last_drop_report = now
         self._report(

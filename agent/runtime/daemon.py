@@ -28,8 +28,6 @@ from agent.mqtt.payloads import Reading, encode_json, iso_ts
 from agent.mqtt.topics import Topics
 from agent.mqtt.transport import IncomingMessage, Transport, TransportEvents, Will
 from agent.observability.http import HealthServer, Response
-from agent.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from agent.observability.metrics import Metrics
 from agent.observability.report import health_payload, healthz, snapshot
 from agent.pipeline.outbox import Outbox
 from agent.runtime.hardware_setup import make_hardware, sensor_opener, spec_of
@@ -359,8 +357,12 @@ class Agent(TransportEvents):
         )
 
     async def _keep_status(self) -> None:
+        """Refresh systemd's status line (the queue depth moves while disconnected)."""
+        if not self.notifier.enabled:
+            return
         while True:
-            await asyncio.sleep(STATUS_EVERY_S)
+            connected = self._transport is not None and self._transport.connected
+            await asyncio.sleep(STATUS_EVERY_S if not connected else 6 * STATUS_EVERY_S)
             self.notifier.status(self.status_line())
 
     # -- reload (SIGHUP) ---------------------------------------------------------------
@@ -629,6 +631,10 @@ class Agent(TransportEvents):
         listen = self.config.health.listen
         if listen is None:
             return
+        # prometheus-client is imported only for an agent that serves /metrics.
+        from agent.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+        from agent.observability.metrics import Metrics
+
         metrics = Metrics(lambda: snapshot(self))
 
         def healthz_response() -> Response:
