@@ -78,6 +78,7 @@ class _AgentCollector(Collector):
             ("replayed", "Readings sent from the buffer after an outage"),
             ("dropped", "Buffered readings dropped by the buffer's limits"),
             ("rejected", "Readings the broker refused"),
+            ("deferred", "Live readings kept in the buffer while the in-flight window was full"),
         ):
             yield CounterMetricFamily(f"edge_agent_{key}", help_text, s.outbox.get(key, 0))
         yield CounterMetricFamily("edge_agent_events", "Events reported", s.events)

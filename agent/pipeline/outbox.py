@@ -23,6 +23,13 @@ broker's receive maximum, so live messages always find room), and a loop turn se
 most ``replay_batch`` of them before yielding. Live readings never wait for the replay:
 they are published the moment they are produced.
 
+Back-pressure: at most ``in_flight_limit`` messages (the transport's, and the broker's
+usual receive maximum) are handed to the transport unacknowledged. A live reading that
+finds the window full - the link is slower than the sensors - goes to the store like a
+reading taken offline and is replayed from there (``replayed: true``) as the window frees,
+instead of queueing in paho's memory without bound, where it would be lost on a crash and
+starve the network thread.
+
 The transport never resends by itself (it uses a fresh paho client per connection), so a
 message unacknowledged at a disconnect is sent again only from the store. A duplicate is
 possible only when the broker got a message whose acknowledgement was lost with the
@@ -58,6 +65,8 @@ Durability = Literal["offline", "always"]
 
 #: Replayed messages unacknowledged at once (mosquitto's receive maximum is 20).
 REPLAY_WINDOW = 16
+#: Messages handed to the transport and not yet acknowledged, at most (paho's max_inflight).
+IN_FLIGHT_LIMIT = 20
 #: Replayed messages sent per loop turn before live work gets its turn.
 REPLAY_BATCH = 10
 #: At most one ``buffer_dropping`` event per this many seconds; counts in between merge.
@@ -134,6 +143,7 @@ class Outbox:
         self.store = store
         self.durability = durability
         self.replay_window = replay_window
+        self.in_flight_limit = IN_FLIGHT_LIMIT
         self.replay_batch = replay_batch
         self.drop_report_period_s = drop_report_period_s
         self._sender = sender
@@ -141,7 +151,16 @@ class Outbox:
         self._defer = defer
         self._clock = clock
         self.counters: dict[str, int] = dict.fromkeys(
-            ("readings", "published", "acked", "buffered", "replayed", "dropped", "rejected"),
+            (
+                "readings",
+                "published",
+                "acked",
+                "buffered",
+                "replayed",
+                "dropped",
+                "rejected",
+                "deferred",
+            ),
             0,
         )
         self._online = False
@@ -155,6 +174,8 @@ class Outbox:
         self._flush_scheduled = False
         self._events: deque[tuple[str, bytes]] = deque(maxlen=EVENT_QUEUE)
         self._unreported_drops = 0
+        #: Live readings were deferred to the store: acknowledgements wake the replay.
+        self._backlog = False
         self._last_drop_report: float | None = None
         self._log_limiter = RateLimiter(60.0, clock)
         self._wake = asyncio.Event()
@@ -204,10 +225,17 @@ class Outbox:
             self.counters["buffered"] += 1
             message = replace(message, id=row_id)
             self._check_dropped()
-            if self._online and not self._send(message, retain=retain, replay=False):
+            if self._online and self._window_full():
+                self._defer_live()  # stored already: the replay sends it
+            elif self._online and not self._send(message, retain=retain, replay=False):
                 self.disconnected()  # the transport knew first; its event follows
             return
         if self._online:
+            if self._window_full():
+                self._staged.append(message)
+                self._defer_live()
+                self._schedule_flush()
+                return
             if self._send(message, retain=retain, replay=False):
                 return
             # The connection is gone and its event not handled yet: store what is in
@@ -267,6 +295,7 @@ class Outbox:
             return  # not ours (status, info, events)
         if entry.replay:
             self._replay_inflight -= 1
+        if entry.replay or self._backlog:
             self._wake.set()
         if ok:
             self.counters["acked"] += 1
@@ -290,11 +319,16 @@ class Outbox:
         """
         if self._closed or not self._online:
             return False
-        room = min(self.replay_window - self._replay_inflight, self.replay_batch)
+        room = min(
+            self.replay_window - self._replay_inflight,
+            self.replay_batch,
+            self.in_flight_limit - len(self._inflight),
+        )
         if room <= 0:
             return False
         rows = self.store.take(room, after_id=self._cursor)
         if not rows:
+            self._backlog = False
             return False
         for row in rows:
             self._cursor = row.id
@@ -354,6 +388,8 @@ class Outbox:
         if self._staged:
             staged, self._staged = self._staged, []
             self._put(staged)
+            if self._online:
+                self._wake.set()  # deferred live readings: the replay takes them
 
     def close(self) -> None:
         """Keep everything unacknowledged in the store, then close it; idempotent.
@@ -398,6 +434,33 @@ class Outbox:
             self._defer(self.flush)
 
     # -- sending -------------------------------------------------------------------------
+
+    def _window_full(self) -> bool:
+        return len(self._inflight) >= self.in_flight_limit
+
+    def _defer_live(self) -> None:
+        """A live reading waits in the store for room in the window (see module doc).
+
+        What is in flight from memory is stored first, so that a disconnect cannot put
+        it behind the deferred readings: the store keeps each sensor's order. Those rows
+        are deleted on their acknowledgements, as under ``always``.
+        """
+        self.counters["deferred"] += 1
+        self._backlog = True
+        in_memory = [(mid, f) for mid, f in self._inflight.items() if not f.message.id]
+        if in_memory:
+            ids = self.store.put([f.message for _, f in in_memory])
+            self.counters["buffered"] += len(ids)
+            for (mid, entry), row_id in zip(in_memory, ids, strict=True):
+                self._inflight[mid] = _InFlight(replace(entry.message, id=row_id), entry.replay)
+                self._stored_inflight.add(row_id)
+            self._check_dropped()
+        if self._log_limiter.allow("deferred"):
+            log.warning(
+                "the broker acknowledges more slowly than readings come: %d in flight;"
+                " keeping readings in the buffer meanwhile",
+                len(self._inflight),
+            )
 
     def _send(self, message: QueuedMessage, *, retain: bool, replay: bool) -> bool:
         payload = replayed_payload(message.payload) if replay else message.payload

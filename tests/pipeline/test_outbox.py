@@ -167,3 +167,56 @@ def test_close_keeps_what_is_unacknowledged(tmp_path: Path) -> None:
     outbox.close()
     with MessageStore(tmp_path / "b.db") as reopened:
         assert [m.seq for m in reopened.take(10)] == [2]
+
+
+@pytest.mark.parametrize("durability", ["offline", "always"])
+def test_a_full_window_defers_live_readings_to_the_store_not_to_paho(
+    store: MessageStore, durability: Durability
+) -> None:
+    """A link slower than the sensors: what does not fit in the in-flight window waits in
+    the store (durably) and is replayed as acknowledgements come, in order."""
+    outbox, sender, _ = make(store, durability)
+    outbox.connected()
+    limit = outbox.in_flight_limit
+    for seq in range(1, limit + 11):
+        submit(outbox, seq)
+    outbox.flush()
+    assert sender.seqs() == list(range(1, limit + 1)), "never more than the window in flight"
+    assert outbox.counters["deferred"] == 10
+    assert outbox.queue_depth() == limit + 10
+    # Acknowledgements free the window; the replay sends the deferred ones, in order.
+    for mid, *_ in list(sender.sent):
+        outbox.published(mid, True)
+    while outbox.pump():
+        pass
+    deferred = sender.sent[limit:]
+    assert [int(body["seq"]) for _, _, body, _, _ in deferred] == list(range(limit + 1, limit + 11))  # type: ignore[call-overload]
+    assert all(body["replayed"] is True for _, _, body, _, _ in deferred)
+    for mid, *_ in deferred:
+        outbox.published(mid, True)
+    outbox.flush()
+    assert outbox.queue_depth() == 0 and store.depth() == 0
+    assert outbox.counters["acked"] == limit + 10
+
+
+def test_deferred_readings_keep_their_order_across_a_disconnect(store: MessageStore) -> None:
+    """The in-flight ones are stored before the deferred ones, so a disconnect (nothing
+    acknowledged: a blackhole) cannot put them behind in the replay."""
+    outbox, sender, _ = make(store)
+    outbox.connected()
+    total = outbox.in_flight_limit + 10
+    for seq in range(1, total + 1):
+        submit(outbox, seq)
+    outbox.flush()
+    outbox.disconnected()
+    sent_before = len(sender.sent)
+    outbox.connected()
+    replayed: list[int] = []
+    while len(replayed) < total:
+        assert outbox.pump() or len(sender.sent) > sent_before
+        fresh = sender.sent[sent_before:]
+        sent_before = len(sender.sent)
+        replayed += [int(body["seq"]) for _, _, body, _, _ in fresh]  # type: ignore[call-overload]
+        for mid, *_ in fresh:
+            outbox.published(mid, True)
+    assert replayed == list(range(1, total + 1))
