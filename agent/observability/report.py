@@ -166,12 +166,11 @@ def snapshot(agent: Agent) -> Snapshot:
         if slot.last_ts is not None:
             last_ts[slot.name] = slot.last_ts
     commands = agent.commands
-    outputs_on = {
-        name: int(bool(state and state.on))
-        for name, state in (
-            ((n, agent.outputs.state(n)) for n in agent.outputs.names) if agent.outputs else []
-        )
-    }
+    outputs_on: dict[str, int] = {}
+    if agent.outputs is not None:
+        for name in agent.outputs.names:
+            state = agent.outputs.state(name)
+            outputs_on[name] = int(state is not None and state.on)
     return Snapshot(
         device_id=agent.device_id,
         version=__version__,

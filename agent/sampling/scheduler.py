@@ -66,8 +66,6 @@ class SensorSlot:
     last_error: str | None = None
     last_values: dict[str, float] = field(default_factory=dict)
     last_ts: float | None = None
-    reads: int = 0
-    errors: int = 0
     #: Failed reads by error type (``BusError``, ``MeasurementTimeout``...).
     error_kinds: Counter[str] = field(default_factory=Counter)
     #: When a failed sensor is tried next (monotonic seconds).
@@ -209,7 +207,6 @@ class Scheduler:
 
     def _success(self, slot: SensorSlot, ts: float, raw: dict[str, float]) -> None:
         values = round_values(raw, slot.spec.quantities)
-        slot.reads += 1
         slot.consecutive_failures = 0
         slot.last_values = values
         slot.last_ts = ts
@@ -230,7 +227,6 @@ class Scheduler:
         self._emit(reading, slot)
 
     def _failure(self, slot: SensorSlot, error: DriverError, *, permanent: bool) -> None:
-        slot.errors += 1
         slot.error_kinds[type(error).__name__] += 1
         slot.consecutive_failures += 1
         slot.last_error = f"{type(error).__name__}: {error}"
