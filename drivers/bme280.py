@@ -29,23 +29,22 @@ import random
 import struct
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, ClassVar, Final, Literal, Protocol
+from typing import Annotated, ClassVar, Final, Literal
 
 import msgspec
 
 from drivers.base import DriverSpec, Quantity, Sensor, SensorOptions
 from drivers.errors import (
-    BusError,
     ChecksumError,
     HardwareConfigError,
     ImplausibleReading,
     MeasurementTimeout,
     WrongDevice,
 )
-from drivers.hardware import Hardware, SimulatedHardware
+from drivers.hardware import Hardware, SimulatedHardware, bus_lock
+from drivers.protocols.i2c import Registers, SMBusLike
 from drivers.sim.signal import SimulatedSignal
 
 # --------------------------------------------------------------------------------------------
@@ -306,86 +305,6 @@ def max_measurement_s(temperature: int, pressure: int, humidity: int) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# The bus: a two-method transport, and one lock per bus object.
-
-
-class SMBusLike(Protocol):
-    """The part of :class:`smbus2.SMBus` the driver uses."""
-
-    def read_byte_data(self, i2c_addr: int, register: int, /) -> int: ...
-
-    def write_byte_data(self, i2c_addr: int, register: int, value: int, /) -> None: ...
-
-    def read_i2c_block_data(self, i2c_addr: int, register: int, length: int, /) -> list[int]: ...
-
-
-_bus_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-_bus_locks_strong: dict[int, tuple[Any, threading.Lock]] = {}
-_bus_locks_guard = threading.Lock()
-
-
-def bus_lock(bus: object) -> threading.Lock:
-    """The lock every driver holds while it talks to ``bus``.
-
-    One ``smbus2.SMBus`` is shared by every chip on the bus, and it keeps the target
-    address as per-file state (``ioctl(I2C_SLAVE)`` then the transfer), so two threads
-    using it at once can send one chip's bytes to the other. Holding this lock for a whole
-    measurement also keeps a trigger-wait-read sequence in one piece.
-    """
-    with _bus_locks_guard:
-        try:
-            lock = _bus_locks.get(bus)
-            if lock is None:
-                lock = _bus_locks[bus] = threading.Lock()
-        except TypeError:  # not weak-referenceable: keep it alive instead
-            entry = _bus_locks_strong.get(id(bus))
-            if entry is None:
-                entry = _bus_locks_strong[id(bus)] = (bus, threading.Lock())
-            lock = entry[1]
-        return lock
-
-
-class _Registers:
-    """A chip's register file on an SMBus, with every bus failure turned into BusError.
-
-    Writes are one byte each: in I2C mode the BME280 takes register/value *pairs* and does
-    not auto-increment on writes (datasheet 6.2.1), so a block write would be wrong.
-    """
-
-    def __init__(self, bus: SMBusLike, address: int, name: str) -> None:
-        self._bus = bus
-        self._address = address
-        self._name = name
-
-    def read(self, register: int, length: int = 1) -> bytes:
-        try:
-            if length == 1:
-                return bytes([self._bus.read_byte_data(self._address, register)])
-            data = bytes(self._bus.read_i2c_block_data(self._address, register, length))
-        except OSError as e:
-            raise self._error(e, "reading", register) from e
-        if len(data) != length:
-            raise BusError(
-                f"{self._name}: reading register 0x{register:02X}: "
-                f"got {len(data)} bytes, wanted {length}"
-            )
-        return data
-
-    def write(self, register: int, value: int) -> None:
-        try:
-            self._bus.write_byte_data(self._address, register, value)
-        except OSError as e:
-            raise self._error(e, "writing", register) from e
-
-    def _error(self, e: OSError, doing: str, register: int) -> BusError:
-        # NACK (EREMOTEIO), EIO and ETIMEDOUT are what a real i2c-dev returns; anything else
-        # (EBADF after close, ENXIO from a flaky adapter) is still a failed transaction.
-        reason = e.strerror or str(e)
-        message = f"{self._name}: {doing} register 0x{register:02X}: {reason}"
-        return BusError(e.errno, message) if e.errno is not None else BusError(message)
-
-
-# --------------------------------------------------------------------------------------------
 # The driver.
 
 
@@ -431,7 +350,7 @@ class _BoschSensor(Sensor):
         self.address = address
         self.resource = resource
         self._name = f"{self.chip} at 0x{address:02X}" + (f" on {resource}" if resource else "")
-        self._regs = _Registers(bus, address, self._name)
+        self._regs = Registers(bus, address, self._name)
         self._lock = bus_lock(bus)
         self._closed = False
         self._oversampling = (

@@ -14,15 +14,44 @@ import errno
 import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from drivers.errors import DeviceNotFound
+from drivers.sim.fake_serial import FakeSerialPort
 from drivers.sim.fake_smbus import FakeSMBus
 
 #: Reads one sysfs/procfs attribute as text.
 AttrReader = Callable[[Path], str]
+
+_bus_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_bus_locks_strong: dict[int, tuple[Any, threading.RLock]] = {}
+_bus_locks_guard = threading.Lock()
+
+
+def bus_lock(bus: object) -> threading.RLock:
+    """The one lock of ``bus``: every driver holds it while it talks to the bus.
+
+    One ``smbus2.SMBus`` is shared by every chip on the bus, and it keeps the target
+    address as per-file state (``ioctl(I2C_SLAVE)`` then the transfer), so two threads
+    using it at once can send one chip's bytes to the other. Holding this lock for a whole
+    measurement also keeps a trigger-wait-read sequence in one piece. The lock belongs to
+    the bus object, so drivers from different packages that share a bus share the lock.
+    It is re-entrant: a driver may call helpers that take it again.
+    """
+    with _bus_locks_guard:
+        try:
+            lock = _bus_locks.get(bus)
+            if lock is None:
+                lock = _bus_locks[bus] = threading.RLock()
+        except TypeError:  # not weak-referenceable: keep it alive instead
+            entry = _bus_locks_strong.get(id(bus))
+            if entry is None:
+                entry = _bus_locks_strong[id(bus)] = (bus, threading.RLock())
+            lock = entry[1]
+        return lock
 
 
 class Hardware:
@@ -47,6 +76,41 @@ class Hardware:
         """Read a sysfs/procfs attribute. Errors are the kernel's ``OSError``."""
         with open(path, encoding="ascii", errors="replace") as f:
             return f.read()
+
+    def write_attr(self, path: Path, text: str) -> None:
+        """Write a sysfs attribute (a DS18B20's ``resolution``). Errors are ``OSError``."""
+        with open(path, "w", encoding="ascii") as f:
+            f.write(text)
+
+    def i2c_lock(self, number: int) -> threading.RLock:
+        """The lock of ``/dev/i2c-<number>`` (:func:`bus_lock` of :meth:`i2c_bus`)."""
+        return bus_lock(self.i2c_bus(number))
+
+    def i2c_bus_numbers(self) -> list[int]:
+        """The I2C buses that exist (``/dev/i2c-*``), for ``edge-agent scan``."""
+        numbers = []
+        for node in self.path("/dev").glob("i2c-*"):
+            suffix = node.name.removeprefix("i2c-")
+            if suffix.isdigit():
+                numbers.append(int(suffix))
+        return sorted(numbers)
+
+    def serial_port(self, path: str, *, baudrate: int, timeout_s: float) -> Any:
+        """A serial port (8N1) opened with pyserial: ``read(n)``, ``write(b)``,
+        ``reset_input_buffer()``, ``close()``."""
+        try:
+            import serial
+        except ImportError as e:
+            raise DeviceNotFound(
+                "pyserial is not installed: pip install pyserial (Debian: python3-serial)"
+            ) from e
+        try:
+            return serial.Serial(path, baudrate=baudrate, timeout=timeout_s)
+        except serial.SerialException as e:
+            raise DeviceNotFound(
+                f"{path}: {e}: enable the serial port (raspi-config nonint do_serial_hw 0) "
+                "and check the agent's user is in group dialout"
+            ) from e
 
     def i2c_bus(self, number: int) -> Any:
         """The bus ``/dev/i2c-<number>``, opened once and shared by every driver on it."""
@@ -74,6 +138,12 @@ class Hardware:
         """gpiozero pin factory for GPIO drivers; ``None`` means gpiozero's default."""
         return None
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close every bus this object opened."""
         with self._lock:
@@ -99,6 +169,8 @@ class SimulatedHardware(Hardware):
         super().__init__(root or Path(tempfile.mkdtemp(prefix="edge-agent-sim-")))
         self.seed = seed
         self._attrs: dict[Path, Callable[[], str]] = {}
+        self._attr_writers: dict[Path, Callable[[str], None]] = {}
+        self._serial: dict[str, FakeSerialPort] = {}
         self._factory: Any = None
         self._stop = threading.Event()
         self._tickers: list[threading.Thread] = []
@@ -112,11 +184,48 @@ class SimulatedHardware(Hardware):
         assert isinstance(bus, FakeSMBus)
         return bus
 
-    def serve_attr(self, path: Path, produce: Callable[[], str]) -> None:
-        """Answer reads of ``path`` with ``produce()``, which may raise ``OSError``."""
+    def serve_attr(
+        self,
+        path: Path,
+        produce: Callable[[], str],
+        consume: Callable[[str], None] | None = None,
+    ) -> None:
+        """Answer reads of ``path`` with ``produce()`` and writes with ``consume(text)``;
+        either may raise ``OSError``. Without ``consume`` the attribute is read-only."""
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
         self._attrs[path] = produce
+        if consume is not None:
+            self._attr_writers[path] = consume
+
+    def remove_attr(self, path: Path) -> None:
+        """Make ``path`` vanish, as a device's sysfs entry does when it is unplugged."""
+        self._attrs.pop(path, None)
+        self._attr_writers.pop(path, None)
+        path.unlink(missing_ok=True)
+
+    def write_attr(self, path: Path, text: str) -> None:
+        consume = self._attr_writers.get(path)
+        if consume is not None:
+            consume(text)
+            return
+        if path in self._attrs:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        super().write_attr(path, text)
+
+    def i2c_bus_numbers(self) -> list[int]:
+        return sorted(self._buses)
+
+    def attach_serial(self, path: str, port: FakeSerialPort) -> None:
+        """Serve ``port`` when a driver opens the serial device ``path``."""
+        self._serial[path] = port
+
+    def serial_port(self, path: str, *, baudrate: int, timeout_s: float) -> Any:
+        port = self._serial.get(path)
+        if port is None:
+            raise DeviceNotFound(f"{path} does not exist (no emulated device there)")
+        port.configure(baudrate=baudrate, timeout_s=timeout_s)
+        return port
 
     def read_attr(self, path: Path) -> str:
         produce = self._attrs.get(path)
