@@ -204,3 +204,5 @@ class DriverSpec:
     min_interval_s: float = 0.0
     #: A commented YAML sample printed by ``edge-agent drivers``.
     sample: str = ""
+    #: I2C addresses the chip can answer at (``edge-agent scan`` names the driver there).
+    i2c_addresses: tuple[int, ...] = ()

@@ -957,6 +957,7 @@ SPEC = DriverSpec(
     emulate=emulate_bme280,
     quantities=QUANTITIES,
     sample=SAMPLE,
+    i2c_addresses=(0x76, 0x77),
 )
 
 BMP280_SPEC = DriverSpec(
@@ -968,4 +969,5 @@ BMP280_SPEC = DriverSpec(
     emulate=emulate_bmp280,
     quantities=BMP280_QUANTITIES,
     sample=BMP280_SAMPLE,
+    i2c_addresses=(0x76, 0x77),
 )
