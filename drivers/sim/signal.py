@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
+
+from drivers.errors import HardwareConfigError
 
 
 class SimulatedSignal:
@@ -33,3 +36,25 @@ class SimulatedSignal:
                 value = 2 * self.lo - value
             self._value = min(self.hi, max(self.lo, value))
         return self._value
+
+
+def simulated_signals(
+    values: Mapping[str, float | list[float]],
+    defaults: Mapping[str, float | list[float]],
+    rng: random.Random,
+) -> dict[str, SimulatedSignal]:
+    """One signal per quantity of ``defaults``, from ``values`` where the config gives one.
+
+    Raises:
+        HardwareConfigError: ``values`` names a quantity the chip does not measure (a typo
+            would otherwise be ignored in silence).
+    """
+    unknown = set(values) - set(defaults)
+    if unknown:
+        raise HardwareConfigError(
+            f"simulation: {', '.join(sorted(unknown))} is not one of {', '.join(defaults)}"
+        )
+    return {
+        name: SimulatedSignal(values.get(name, default), rng=rng)
+        for name, default in defaults.items()
+    }

@@ -91,3 +91,18 @@ def test_w1_writable_attribute_takes_writes() -> None:
         )
         hw.write_attr(device / "resolution", "9")
         assert seen == ["9"]
+
+
+def test_simulated_signals_take_the_configs_values_and_the_drivers_defaults() -> None:
+    import random
+
+    from drivers.errors import HardwareConfigError
+    from drivers.sim.signal import simulated_signals
+
+    signals = simulated_signals(
+        {"temperature": 21.0}, {"temperature": [18.0, 24.0], "humidity": 45.0}, random.Random(1)
+    )
+    assert signals["temperature"].next() == 21.0
+    assert signals["humidity"].next() == 45.0
+    with pytest.raises(HardwareConfigError, match="presure"):
+        simulated_signals({"presure": 1000.0}, {"pressure": 1013.25}, random.Random(1))
