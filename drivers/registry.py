@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drivers import bme280, dht, gpio, system
+from drivers import bme280, dht, gpio, sht3x, system
 from drivers.base import DriverSpec
 
 DRIVERS: dict[str, DriverSpec] = {
@@ -13,6 +13,7 @@ DRIVERS: dict[str, DriverSpec] = {
         bme280.BMP280_SPEC,
         dht.DHT22_SPEC,
         dht.DHT11_SPEC,
+        sht3x.SPEC,
         gpio.RELAY_SPEC,
         gpio.GPIO_SPEC,
     )

@@ -1,0 +1,39 @@
+"""The climate and air-quality drivers as a user meets them: listed by ``edge-agent
+drivers`` and read back from ``edge-agent read --simulate`` through the real process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.support.mqtt import run_cli
+
+#: One sensor per climate driver, each with simulated constants to read back.
+CONFIG = """\
+sensors:
+  bench:
+    driver: sht3x
+    address: 0x45
+    simulation: {temperature: 23.45, humidity: 55.5}
+"""
+
+#: What each sensor must read: the constants, to the chip's resolution.
+EXPECTED = {
+    "bench": {"temperature": 23.45, "humidity": 55.5},
+}
+
+
+def test_drivers_lists_each_climate_driver_with_its_sample() -> None:
+    result = run_cli("drivers")
+    assert result.returncode == 0, result.stderr
+    assert "\nsht3x (sensor): Sensirion SHT30/SHT31/SHT35" in result.stdout
+    assert "repeatability: high" in result.stdout
+
+
+def test_read_simulate_gives_each_climate_sensors_constants_back(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    result = run_cli("read", "--simulate", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    values = {r["sensor"]: r["values"] for r in map(json.loads, result.stdout.splitlines())}
+    assert values == EXPECTED

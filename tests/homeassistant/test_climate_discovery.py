@@ -1,0 +1,42 @@
+"""Home Assistant discovery of the climate and air-quality drivers' quantities: the right
+device_class, state_class and unit for each, and none where Home Assistant has no class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config.load import parse_config
+from agent.homeassistant.discovery import components
+from agent.mqtt.topics import Topics
+
+CONFIG = """\
+device_id: gh1
+sensors:
+  leaf: {driver: sht3x}
+homeassistant: {discovery: true}
+"""
+
+
+@pytest.fixture(scope="module")
+def cmps() -> dict[str, dict[str, Any]]:
+    config = parse_config(CONFIG, file="c.yaml", base_dir=Path("."), environ={})
+    return components(config, Topics("edge/gh1"))
+
+
+@pytest.mark.parametrize(
+    ("entity", "unit", "device_class"),
+    [
+        ("leaf_temperature", "°C", "temperature"),
+        ("leaf_humidity", "%", "humidity"),
+    ],
+)
+def test_each_quantity_has_its_home_assistant_unit_and_class(
+    cmps: dict[str, dict[str, Any]], entity: str, unit: str, device_class: str | None
+) -> None:
+    entry = cmps[entity]
+    assert entry["unit_of_measurement"] == unit
+    assert entry.get("device_class") == device_class
+    assert entry["state_class"] == "measurement"
