@@ -118,6 +118,9 @@ class Quantity:
     description: str = ""
     #: Home Assistant ``device_class``, when there is one.
     device_class: str | None = None
+    #: What the chip can measure, (lowest, highest) in :attr:`unit`; the conformance kit
+    #: picks its simulation values inside it.
+    valid_range: tuple[float, float] | None = None
 
 
 class Driver(abc.ABC):
@@ -206,3 +209,15 @@ class DriverSpec:
     sample: str = ""
     #: I2C addresses the chip can answer at (``edge-agent scan`` names the driver there).
     i2c_addresses: tuple[int, ...] = ()
+    #: Quantities the chip computes from the others (the INA219's power): a simulation
+    #: does not set them, and the conformance kit does not pick values for them.
+    computed: tuple[str, ...] = ()
+    #: The quantities of one configured sensor, when they depend on its options (an ADC
+    #: whose ``map`` names its quantity); ``None``: always :attr:`quantities`.
+    quantities_for: Callable[[Any], Mapping[str, Quantity]] | None = None
+
+    def quantities_of(self, options: Any) -> Mapping[str, Quantity]:
+        """The quantities a sensor configured with ``options`` reports."""
+        if self.quantities_for is not None:
+            return self.quantities_for(options)
+        return self.quantities

@@ -102,16 +102,24 @@ def decimals_for(resolution: float) -> int:
 
 
 QUANTITIES: Final[Mapping[str, Quantity]] = {
-    "temperature": Quantity("°C", 0.01, "air temperature", "temperature"),
-    "humidity": Quantity("%RH", 0.008, "relative humidity", "humidity"),
+    "temperature": Quantity("°C", 0.01, "air temperature", "temperature", (-40.0, 85.0)),
+    "humidity": Quantity("%RH", 0.008, "relative humidity", "humidity", (0.0, 100.0)),
     "pressure": Quantity(
-        "hPa", 0.0018, "absolute air pressure (not sea level)", "atmospheric_pressure"
+        "hPa",
+        0.0018,
+        "absolute air pressure (not sea level)",
+        "atmospheric_pressure",
+        (300.0, 1100.0),
     ),
 }
 BMP280_QUANTITIES: Final[Mapping[str, Quantity]] = {
     "temperature": QUANTITIES["temperature"],
     "pressure": Quantity(
-        "hPa", 0.0016, "absolute air pressure (not sea level)", "atmospheric_pressure"
+        "hPa",
+        0.0016,
+        "absolute air pressure (not sea level)",
+        "atmospheric_pressure",
+        (300.0, 1100.0),
     ),
 }
 

@@ -123,10 +123,14 @@ _UNITS = {"temperature": "°C", "humidity": "%RH"}
 
 def quantities(model: Model) -> dict[str, Quantity]:
     """The quantities a ``model`` reports, with its real resolution."""
-    res = MODELS[model].resolution
+    m = MODELS[model]
     return {
-        "temperature": Quantity("°C", res, "air temperature", "temperature"),
-        "humidity": Quantity("%RH", res, "relative humidity", "humidity"),
+        "temperature": Quantity(
+            "°C", m.resolution, "air temperature", "temperature", m.temperature_range
+        ),
+        "humidity": Quantity(
+            "%RH", m.resolution, "relative humidity", "humidity", m.humidity_range
+        ),
     }
 
 
@@ -407,7 +411,13 @@ def open_dht(options: _DHTOptions, hardware: Hardware) -> DHT:
     else:
         assert options.pin is not None
         device = find_device(options.pin, hardware)
-    return DHT(device, model=options.model, hardware=hardware)
+    return DHT(
+        device,
+        model=options.model,
+        hardware=hardware,
+        clock=hardware.monotonic,
+        sleep=hardware.sleep,
+    )
 
 
 def emulate_dht(options: _DHTOptions, hardware: SimulatedHardware) -> None:

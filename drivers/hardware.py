@@ -14,6 +14,7 @@ import errno
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,15 @@ class Hardware:
         self.root = root
         self._buses: dict[int, Any] = {}
         self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        """Monotonic seconds. Drivers that pace or poll take their clock from here (and
+        emulators theirs), so simulated hardware can run on virtual time."""
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait for the chip (a conversion, a pacing interval)."""
+        time.sleep(seconds)
 
     def path(self, absolute: str) -> Path:
         """``absolute`` ("/sys/class/thermal") under :attr:`root`."""
@@ -164,8 +174,14 @@ class SimulatedHardware(Hardware):
 
     simulated = True
 
-    def __init__(self, root: Path | None = None, *, seed: int | None = None) -> None:
+    def __init__(
+        self, root: Path | None = None, *, seed: int | None = None, virtual_time: bool = False
+    ) -> None:
         self._owns_root = root is None
+        #: With virtual time :meth:`sleep` returns at once and moves :meth:`monotonic` on,
+        #: so a driver that paces its chip (a DHT22's 2 s) is tested in milliseconds.
+        self.virtual_time = virtual_time
+        self._time_offset = 0.0
         super().__init__(root or Path(tempfile.mkdtemp(prefix="edge-agent-sim-")))
         self.seed = seed
         self._attrs: dict[Path, Callable[[], str]] = {}
@@ -174,6 +190,16 @@ class SimulatedHardware(Hardware):
         self._factory: Any = None
         self._stop = threading.Event()
         self._tickers: list[threading.Thread] = []
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self._time_offset
+
+    def sleep(self, seconds: float) -> None:
+        if self.virtual_time:
+            with self._lock:
+                self._time_offset += max(0.0, seconds)
+        else:
+            time.sleep(seconds)
 
     def _open_i2c(self, number: int) -> FakeSMBus:
         return FakeSMBus(number, seed=self.seed)

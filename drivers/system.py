@@ -28,11 +28,13 @@ pi:
 """
 
 QUANTITIES = {
-    "soc_temperature": Quantity("°C", 0.001, "SoC temperature", "temperature"),
-    "load_1m": Quantity("", 0.01, "1-minute load average"),
-    "memory_used": Quantity("%", 0.1, "memory in use (MemTotal - MemAvailable)"),
-    "disk_used": Quantity("%", 0.1, "space in use on disk_path"),
-    "uptime": Quantity("s", 1, "seconds since boot", "duration"),
+    "soc_temperature": Quantity("°C", 0.001, "SoC temperature", "temperature", (0.0, 100.0)),
+    "load_1m": Quantity("", 0.01, "1-minute load average", valid_range=(0.0, 16.0)),
+    "memory_used": Quantity(
+        "%", 0.1, "memory in use (MemTotal - MemAvailable)", valid_range=(0.0, 100.0)
+    ),
+    "disk_used": Quantity("%", 0.1, "space in use on disk_path", valid_range=(0.0, 100.0)),
+    "uptime": Quantity("s", 1, "seconds since boot", "duration", (0.0, 1e8)),
 }
 
 
@@ -153,4 +155,5 @@ SPEC = DriverSpec(
     emulate=emulate_system,
     quantities=QUANTITIES,
     sample=SAMPLE,
+    computed=("disk_used", "uptime"),
 )
