@@ -4,17 +4,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := mosquitto libsystemd-dev pkg-config systemd-container debootstrap
+# Debian packages, installed only when missing. The demo needs mosquitto (its broker) and
+# python3-venv; nothing is compiled (no gcc, no Python headers: every Python dependency
+# has a wheel, on 32-bit Raspberry Pi OS from piwheels). The tests also boot a Debian in a
+# container (tests/deploy/): systemd-container and debootstrap.
+DEMO_APT := mosquitto
+TEST_APT := systemd-container debootstrap
 
-.PHONY: demo test check lint typecheck schema bench system-deps venv clean
+.PHONY: demo test check lint typecheck schema bench system-deps test-deps venv clean
 
 demo: $(STAMP)
 	$(BIN)/edge-agent demo
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(BIN)/pytest
 
-check: $(STAMP)
+check: $(STAMP) test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -35,26 +40,34 @@ schema: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run
 
-# Debian packages: mosquitto (the test and demo broker), libsystemd-dev + pkg-config
-# (to build systemd-python), systemd-container + debootstrap (tests/deploy/test_nspawn.py
-# boots a Debian with systemd in a container). Installed only when missing.
-system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
+# apt-get install the packages of $(1) that are missing (sudo when not root).
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
-	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	$(2) \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+# No python3 (a minimal Debian) or no venv module (Debian splits it off): python3-venv.
+NEED_VENV := $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3 python3-venv";
+
+system-deps:
+	$(call apt_install,$(DEMO_APT),$(NEED_VENV))
+
+test-deps:
+	$(call apt_install,$(TEST_APT))
 
 $(STAMP): pyproject.toml Makefile
 	@$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,systemd]'
+	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -8,13 +8,14 @@
 #   sudo deploy/install.sh --config my.yaml   # also install this config
 #
 # What it does, each step only when needed:
-#   1. apt: python3, python3-venv, python3-systemd (journald, sd_notify), procps (the
-#      unit's ExecReload uses /bin/kill), and python3-lgpio where the archive has it
-#      (Raspberry Pi OS: gpiozero's pin library).
+#   1. apt: python3, python3-venv, procps (the unit's ExecReload uses /bin/kill), and
+#      python3-lgpio where the archive has it (Raspberry Pi OS: gpiozero's pin library;
+#      PyPI has no lgpio wheel for 64-bit ARM, and building one needs a compiler).
+#      Nothing is compiled: the agent talks to journald and sd_notify itself.
 #   2. groups gpio and i2c (created when absent, with udev rules giving them
 #      /dev/gpiochip*, /dev/gpiomem and /dev/i2c-*), the system user and group edge-agent.
-#   3. a venv at /opt/edge-agent/venv (--system-site-packages, to see python3-systemd and
-#      python3-lgpio), and pi-edge-agent installed or upgraded in it.
+#   3. a venv at /opt/edge-agent/venv (--system-site-packages, to see python3-lgpio), and
+#      pi-edge-agent installed or upgraded in it.
 #   4. /etc/edge-agent/config.yaml (0640 root:edge-agent): --config FILE, or, only when
 #      there is none yet, a minimal config that publishes the Pi's own health to an MQTT
 #      broker on localhost. An existing config is never overwritten without --config.
@@ -100,7 +101,7 @@ has_candidate() {
     [[ $policy == *"Candidate: "[0-9]* ]]
 }
 missing=()
-for pkg in python3 python3-venv python3-systemd procps; do
+for pkg in python3 python3-venv procps; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ "$USE_APT" = 1 ] && ! installed python3-lgpio && has_candidate python3-lgpio; then
@@ -185,8 +186,6 @@ if [ -n "$FROM" ] || [ -n "$WHEELS" ]; then
     # itself; its dependencies were upgraded above only where needed.
     "${pip[@]}" --force-reinstall --no-deps "$target"
 fi
-"$VENV/bin/python" -c "import systemd.journal, systemd.daemon" 2>/dev/null \
-    || echo "install.sh: warning: systemd-python is not importable in $VENV: logging goes to stderr (still the journal, without fields)" >&2
 "$VENV/bin/edge-agent" --version
 
 # -- 4. + 5. the config, checked as the service user before it is put in place -----------

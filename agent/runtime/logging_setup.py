@@ -1,12 +1,13 @@
 """Logging: journald with structured fields under systemd, plain stderr elsewhere.
 
 Under systemd (``$JOURNAL_STREAM`` names the file stderr is, or ``$INVOCATION_ID`` is set
-and stderr is not a terminal) records go to journald through
-``systemd.journal.JournalHandler`` with the right ``PRIORITY`` (debug 7, info 6,
-warning 4, error 3, critical 2), ``SYSLOG_IDENTIFIER=edge-agent``, ``LOGGER=`` (the logger
-name) and ``CODE_FILE``/``CODE_LINE``/``CODE_FUNC``. Without systemd-python the lines go
-to stderr with a ``<N>`` priority prefix, which journald reads as the priority.
-Elsewhere: ``time LEVEL logger: message`` on stderr.
+and stderr is not a terminal) records go to journald through :class:`JournalHandler`,
+which speaks journald's native datagram protocol itself (no systemd-python, nothing to
+compile), with the right ``PRIORITY`` (debug 7, info 6, warning 4, error 3, critical 2),
+``SYSLOG_IDENTIFIER=edge-agent``, ``LOGGER=`` (the logger name) and
+``CODE_FILE``/``CODE_LINE``/``CODE_FUNC``. When journald cannot be reached the lines go to
+stderr with a ``<N>`` priority prefix (which journald's stream reads as the priority), and
+one line says so. Elsewhere: ``time LEVEL logger: message`` on stderr.
 
 **Structured fields.** A record's ``extra`` keys that are valid journal field names
 (upper-case letters, digits and ``_``, starting with a letter, at most 64 characters)
@@ -38,9 +39,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import struct
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -70,6 +74,13 @@ _RESERVED = frozenset(
     }
 )
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+#: The largest datagram sent to journald; longer values are cut to fit. Below the default
+#: socket send buffer (net.core.wmem_default, 208 KiB), so a send never fails for size.
+MAX_DATAGRAM = 48 * 1024
+#: How long a send may wait for journald's queue, and how long after a failure records go
+#: straight to stderr before journald is tried again.
+SEND_TIMEOUT = 0.5
+RETRY_AFTER = 30.0
 
 
 def config_secrets(config: Config) -> list[str]:
@@ -175,58 +186,146 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def _journal_handler_class() -> type[logging.Handler] | None:
-    try:
-        from systemd.journal import JournalHandler
-    except ImportError:
-        return None
+def _priority(levelno: int) -> int:
+    """The syslog priority of a logging level: debug 7, info 6, warning 4, error 3,
+    critical 2."""
+    for level, priority in ((logging.DEBUG, 7), (logging.INFO, 6), (logging.WARNING, 4)):
+        if levelno <= level:
+            return priority
+    return 3 if levelno <= logging.ERROR else 2
 
-    class StructuredJournalHandler(JournalHandler):  # type: ignore[misc]
-        """JournalHandler that sends only valid journal fields from ``extra``.
 
-        systemd-python 235's own ``emit`` passes the whole ``record.__dict__`` (journald
-        drops the lower-case names, but ``EXCEPTION_INFO`` is the exception's repr);
-        here ``MESSAGE`` is the formatted line, and the traceback is ``EXCEPTION_TEXT``.
-        """
+def encode_journal_fields(fields: Mapping[str, str], *, limit: int = MAX_DATAGRAM) -> bytes:
+    """One datagram of journald's native protocol (``systemd.journal-fields(7)``,
+    "Native Journal Protocol"): ``KEY=value\\n`` per field, or, for a value with a newline
+    in it, ``KEY\\n``, its length as 64-bit little-endian, the value and ``\\n``.
 
-        def emit(self, record: logging.LogRecord) -> None:
-            try:
-                message = self.format(record)
-                fields: dict[str, Any] = {
-                    key: value
-                    for key, value in vars(record).items()
-                    if _FIELD_NAME.fullmatch(key) and key not in _RESERVED and value is not None
-                }
-                if record.exc_text:
-                    fields["EXCEPTION_TEXT"] = record.exc_text
-                self.send(
-                    message,
-                    PRIORITY=str(self.map_priority(record.levelno)),
-                    LOGGER=record.name,
-                    THREAD_NAME=record.threadName,
-                    CODE_FILE=record.pathname,
-                    CODE_LINE=record.lineno,
-                    CODE_FUNC=record.funcName,
-                    SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER,
-                    **fields,
+    The longest values are cut (ending in ``[... N bytes cut]``) until the datagram fits in
+    ``limit`` bytes: journald also takes larger entries through a sealed memfd, which this
+    does not implement.
+    """
+    values = {key: value.encode("utf-8", "replace") for key, value in fields.items()}
+
+    def size() -> int:
+        return sum(len(k) + len(v) + (10 if b"\n" in v else 2) for k, v in values.items())
+
+    excess = size() - limit
+    while excess > 0:
+        key = max(values, key=lambda k: len(values[k]))
+        value = values[key]
+        marker = b"[... %d bytes cut]" % (excess + 32)
+        keep = max(len(value) - excess - len(marker) - 16, 0)
+        if keep == 0 and len(value) <= len(marker):
+            break  # nothing left to cut: only short values, too many of them
+        values[key] = value[:keep].decode("utf-8", "ignore").encode() + marker
+        excess = size() - limit
+    out = bytearray()
+    for key, value in values.items():
+        name = key.encode("ascii")
+        if b"\n" in value:
+            out += name + b"\n" + struct.pack("<Q", len(value)) + value + b"\n"
+        else:
+            out += name + b"=" + value + b"\n"
+    return bytes(out)
+
+
+class JournalHandler(logging.Handler):
+    """Logs to journald over its native datagram protocol, with structured fields.
+
+    ``MESSAGE`` is the formatted line, ``PRIORITY`` the syslog level,
+    ``SYSLOG_IDENTIFIER=edge-agent``, ``LOGGER``, ``THREAD_NAME``, ``CODE_*``, the
+    traceback as ``EXCEPTION_TEXT``, and every ``extra`` key that is a journal field name
+    (:data:`_FIELD_NAME`). Needs no library: the protocol is a few lines
+    (:func:`encode_journal_fields`).
+
+    **Never dark.** When journald cannot be reached (no socket, refused, its queue full
+    for :data:`SEND_TIMEOUT` s) the record is written to ``fallback`` (stderr) with a
+    ``<N>`` priority prefix instead, and one line says so; the next
+    :data:`RETRY_AFTER` s go straight to the fallback, then journald is tried again, and
+    one line says when it is back.
+    """
+
+    def __init__(
+        self,
+        socket_path: Path | None = None,
+        *,
+        fallback: IO[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.socket_path = str(socket_path if socket_path is not None else JOURNAL_SOCKET)
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._socket.settimeout(SEND_TIMEOUT)
+        self._fallback = logging.StreamHandler(fallback or sys.stderr)
+        self._fallback.setFormatter(_PriorityPrefixFormatter("%(name)s: %(message)s"))
+        self._clock = clock
+        self._dark_until: float | None = None  # journald failed; stderr until then
+
+    @property
+    def dark(self) -> bool:
+        """True while records go to the fallback because journald failed."""
+        return self._dark_until is not None
+
+    def fields(self, record: logging.LogRecord) -> dict[str, str]:
+        """The journal fields of a record."""
+        fields = {
+            "MESSAGE": self.format(record),
+            "PRIORITY": str(_priority(record.levelno)),
+            "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
+            "LOGGER": record.name,
+            "THREAD_NAME": record.threadName or "",
+            "CODE_FILE": record.pathname,
+            "CODE_LINE": str(record.lineno),
+            "CODE_FUNC": record.funcName,
+        }
+        if record.exc_text:
+            fields["EXCEPTION_TEXT"] = record.exc_text
+        for key, value in vars(record).items():
+            if _FIELD_NAME.fullmatch(key) and key not in _RESERVED and value is not None:
+                fields[key] = str(value)
+        return fields
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            datagram = encode_journal_fields(self.fields(record))
+        except Exception:
+            self.handleError(record)
+            return
+        if self._dark_until is not None and self._clock() < self._dark_until:
+            self._fallback.handle(record)
+            return
+        try:
+            self._socket.sendto(datagram, self.socket_path)
+        except OSError as e:
+            if self._dark_until is None:
+                self._say(
+                    f"edge-agent: cannot log to journald at {self.socket_path} "
+                    f"({e.strerror or e}): logging to stderr"
                 )
-            except Exception:
-                self.handleError(record)
+            self._dark_until = self._clock() + RETRY_AFTER
+            self._fallback.handle(record)
+            return
+        if self._dark_until is not None:
+            self._dark_until = None
+            self._say(f"edge-agent: journald at {self.socket_path} is back: logging there")
 
-    return StructuredJournalHandler
+    def _say(self, text: str) -> None:
+        notice = logging.LogRecord(
+            "agent.runtime.logging_setup", logging.WARNING, __file__, 0, text, (), None
+        )
+        self._fallback.handle(notice)
+
+    def close(self) -> None:
+        self._socket.close()
+        self._fallback.close()
+        super().close()
 
 
 class _PriorityPrefixFormatter(logging.Formatter):
     """``<N>logger: message``: journald's stdout stream reads ``<N>`` as the priority."""
 
-    _PRIORITIES = ((logging.DEBUG, 7), (logging.INFO, 6), (logging.WARNING, 4))
-
     def format(self, record: logging.LogRecord) -> str:
-        priority = 3 if record.levelno <= logging.ERROR else 2
-        for level, p in self._PRIORITIES:
-            if record.levelno <= level:
-                priority = p
-                break
+        priority = _priority(record.levelno)
         text = super().format(record)
         # A multi-line message (a traceback) keeps its priority on every line.
         return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
@@ -265,13 +364,8 @@ def setup_logging(
     out = stream or sys.stderr
     handler: logging.Handler
     if under_systemd(environ, out):
-        journal = _journal_handler_class()
-        if journal is not None:
-            handler = journal()
-            handler.setFormatter(logging.Formatter("%(message)s"))
-        else:
-            handler = logging.StreamHandler(out)
-            handler.setFormatter(_PriorityPrefixFormatter("%(name)s: %(message)s"))
+        handler = JournalHandler(fallback=out)
+        handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(out)
         handler.setFormatter(logging.Formatter(STDERR_FORMAT))

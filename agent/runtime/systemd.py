@@ -11,13 +11,12 @@
   ``WATCHDOG_USEC``; a hung loop stops the pings and systemd kills and restarts the agent;
 - ``RELOADING=1`` ... ``READY=1`` around a reload (SIGHUP), ``STOPPING=1`` on stop.
 
-It uses systemd-python (``systemd.daemon.notify``, the ``systemd`` extra) when it is
-installed, and otherwise sends the datagram itself (the protocol is one ``AF_UNIX``
-``SOCK_DGRAM`` datagram of ``KEY=value`` lines): a ``Type=notify`` unit whose process never
-says ``READY=1`` would be killed after ``TimeoutStartSec``, so the agent must not depend on
-an optional package for it. Without ``$NOTIFY_SOCKET`` (not started by systemd, or a unit
-type that does not listen) every method is a no-op. A failed send is logged once and never
-raised: notifications must not take the agent down.
+It sends the datagram itself (the protocol is one ``AF_UNIX`` ``SOCK_DGRAM`` datagram of
+``KEY=value`` lines), with no library and nothing to compile: a ``Type=notify`` unit whose
+process never says ``READY=1`` would be killed after ``TimeoutStartSec``, so the agent must
+not depend on an optional package for it. Without ``$NOTIFY_SOCKET`` (not started by
+systemd, or a unit type that does not listen) every method is a no-op. A failed send is
+logged once and never raised: notifications must not take the agent down.
 """
 
 from __future__ import annotations
@@ -41,34 +40,17 @@ class Notifier:
     Args:
         environ: where to read ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID``
             (default ``os.environ``), read once, here.
-        use_systemd_python: use ``systemd.daemon.notify`` when it can be imported (the
-            default); False always uses the built-in sender (tests).
     """
 
-    def __init__(
-        self, environ: Mapping[str, str] | None = None, *, use_systemd_python: bool = True
-    ) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         self.socket_path = env.get("NOTIFY_SOCKET") or None
         self._watchdog_usec = _watchdog_usec(env)
         self._last_status: str | None = None
         self._failed = False
         self._send: Sender | None = None
-        self.backend = "none"
-        if self.socket_path is None:
-            return
-        if use_systemd_python:
-            try:
-                from systemd import daemon
-            except ImportError:
-                pass
-            else:
-                path = self.socket_path
-                self._send = lambda state: _systemd_python_notify(daemon.notify, path, state)
-                self.backend = "systemd-python"
-                return
-        self._send = _socket_sender(self.socket_path)
-        self.backend = "socket"
+        if self.socket_path is not None:
+            self._send = _socket_sender(self.socket_path)
 
     @property
     def enabled(self) -> bool:
@@ -176,14 +158,6 @@ def _watchdog_usec(env: Mapping[str, str]) -> int | None:
     except ValueError:
         return None
     return usec if usec > 0 else None
-
-
-def _systemd_python_notify(notify: Callable[..., bool], path: str, state: str) -> bool:
-    # systemd.daemon.notify reads $NOTIFY_SOCKET itself; the Notifier's own view (read
-    # once at start) wins, so a later change of the environment cannot redirect it.
-    if os.environ.get("NOTIFY_SOCKET") != path:
-        return _socket_sender(path)(state)
-    return bool(notify(state))
 
 
 def _socket_sender(path: str) -> Sender:

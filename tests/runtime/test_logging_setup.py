@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import logging
 import os
-import sys
+import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +16,7 @@ from agent import cli
 from agent.config.load import load_config
 from agent.runtime import logging_setup
 from agent.runtime.logging_setup import (
+    JournalHandler,
     RedactSecrets,
     config_secrets,
     event_fields,
@@ -52,25 +53,67 @@ def journal_env(stream: io.TextIOWrapper) -> dict[str, str]:
     return {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}", "INVOCATION_ID": "0" * 32}
 
 
-class Journal:
-    """Stands in for systemd.journal.send (no journald on a test machine)."""
+def decode_journal(datagram: bytes) -> dict[str, str]:
+    """journald's side of the native protocol: ``KEY=value\\n``, or ``KEY\\n`` + a 64-bit
+    little-endian length + the value + ``\\n``; anything else is a protocol error."""
+    fields: dict[str, str] = {}
+    i = 0
+    while i < len(datagram):
+        nl = datagram.index(b"\n", i)
+        line = datagram[i:nl]
+        if b"=" in line:
+            key, value = line.split(b"=", 1)
+            i = nl + 1
+        else:
+            key = line
+            (size,) = struct.unpack("<Q", datagram[nl + 1 : nl + 9])
+            value = datagram[nl + 9 : nl + 9 + size]
+            assert len(value) == size and datagram[nl + 9 + size : nl + 10 + size] == b"\n"
+            i = nl + 10 + size
+        name = key.decode("ascii")
+        assert name not in fields, f"{name} twice"
+        fields[name] = value.decode()
+    return fields
 
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
 
-    def __call__(self, MESSAGE: str, **fields: Any) -> None:  # noqa: N803 - journal.send's name
-        self.entries.append({"MESSAGE": MESSAGE, **fields})
+class Journald:
+    """Stands in for journald: a datagram socket bound where journald's would be."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self._entries: list[dict[str, str]] = []
+
+    @property
+    def entries(self) -> list[dict[str, str]]:
+        """Every entry received so far (kept across calls)."""
+        while True:
+            try:
+                self._entries.append(decode_journal(self.sock.recv(1 << 20)))
+            except BlockingIOError:
+                return self._entries
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def journald(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Journald]:
+    j = Journald(tmp_path / "journal.socket")
+    monkeypatch.setattr(logging_setup, "JOURNAL_SOCKET", j.path)
+    yield j
+    j.close()
 
 
 def journal_logging(
     stream: io.TextIOWrapper, level: str = "debug", secrets: tuple[str, ...] = ()
-) -> Journal:
-    pytest.importorskip("systemd.journal", reason="the systemd extra is not installed")
+) -> JournalHandler:
     handler = setup_logging(level, secrets=secrets, environ=journal_env(stream), stream=stream)
-    assert type(handler).__name__ == "StructuredJournalHandler"
-    journal = Journal()
-    handler.send = journal  # type: ignore[attr-defined]
-    return journal
+    assert isinstance(handler, JournalHandler)
+    return handler
 
 
 # -- detection ---------------------------------------------------------------------------
@@ -134,37 +177,37 @@ def test_setup_logging_twice_replaces_its_own_handler_only(stream: io.TextIOWrap
 
 
 # -- journald ----------------------------------------------------------------------------
-def test_journal_priorities_and_fields(stream: io.TextIOWrapper) -> None:
-    journal = journal_logging(stream)
+def test_journal_priorities_and_fields(stream: io.TextIOWrapper, journald: Journald) -> None:
+    journal_logging(stream)
     log = logging.getLogger("agent.sampling.scheduler")
     log.debug("d")
     log.info("i")
     log.warning("sensor %s failed", "air", extra={"SENSOR": "air", "EVENT": "sensor_failed"})
     log.error("e", extra={"OUTPUT": "pump", "lower_case": "dropped", "_TRUSTED": "no", "9X": "no"})
     log.critical("c")
-    assert [e["PRIORITY"] for e in journal.entries] == ["7", "6", "4", "3", "2"]
-    warning = journal.entries[2]
+    assert [e["PRIORITY"] for e in journald.entries] == ["7", "6", "4", "3", "2"]
+    warning = journald.entries[2]
     assert warning["MESSAGE"] == "sensor air failed"
     assert warning["SENSOR"] == "air" and warning["EVENT"] == "sensor_failed"
     assert warning["SYSLOG_IDENTIFIER"] == "edge-agent"
     assert warning["LOGGER"] == "agent.sampling.scheduler"
     assert warning["CODE_FUNC"] == "test_journal_priorities_and_fields"
-    error = journal.entries[3]
+    error = journald.entries[3]
     assert error["OUTPUT"] == "pump"
     assert not {"lower_case", "LOWER_CASE", "_TRUSTED", "9X"} & set(error)
     # only journal field names go out: nothing of the LogRecord's own attributes
-    for entry in journal.entries:
+    for entry in journald.entries:
         assert all(key.isupper() or key == "MESSAGE" for key in entry), entry.keys()
         assert "EXCEPTION_INFO" not in entry and "CODE_ARGS" not in entry
 
 
-def test_journal_exception_text(stream: io.TextIOWrapper) -> None:
-    journal = journal_logging(stream)
+def test_journal_exception_text(stream: io.TextIOWrapper, journald: Journald) -> None:
+    journal_logging(stream)
     try:
         raise ValueError("boom")
     except ValueError:
         logging.getLogger("agent").exception("it broke")
-    entry = journal.entries[0]
+    entry = journald.entries[0]
     assert entry["PRIORITY"] == "3"
     assert entry["MESSAGE"].startswith("it broke\nTraceback")
     assert "ValueError: boom" in entry["EXCEPTION_TEXT"]
@@ -181,27 +224,86 @@ def test_event_fields() -> None:
     }
 
 
-def test_without_systemd_python_journal_lines_carry_a_priority_prefix(
-    stream: io.TextIOWrapper, monkeypatch: pytest.MonkeyPatch
+def test_a_multi_line_message_uses_the_binary_safe_form(
+    stream: io.TextIOWrapper, journald: Journald
 ) -> None:
-    monkeypatch.setitem(sys.modules, "systemd.journal", None)
-    setup_logging("info", environ=journal_env(stream), stream=stream)
+    journal_logging(stream)
+    logging.getLogger("agent.x").info("two\nlines=yes", extra={"SENSOR": "a\nb"})
+    (entry,) = journald.entries
+    assert entry["MESSAGE"] == "two\nlines=yes"
+    assert entry["SENSOR"] == "a\nb"
+    stream.seek(0)
+    assert stream.read() == ""  # all of it went to journald
+
+
+def test_a_huge_message_is_cut_to_fit_one_datagram(
+    stream: io.TextIOWrapper, journald: Journald
+) -> None:
+    journal_logging(stream)
+    logging.getLogger("agent.x").warning("x" * 200_000 + "\nend", extra={"SENSOR": "air"})
+    (entry,) = journald.entries
+    assert entry["MESSAGE"].startswith("xxxx") and entry["MESSAGE"].endswith("bytes cut]")
+    assert len(entry["MESSAGE"]) < logging_setup.MAX_DATAGRAM
+    assert entry["SENSOR"] == "air" and entry["PRIORITY"] == "4"
+    datagram = logging_setup.encode_journal_fields({"MESSAGE": "y" * 100_000, "A": "b"})
+    assert len(datagram) <= logging_setup.MAX_DATAGRAM
+
+
+def test_without_journald_it_logs_to_stderr_and_says_so_once(
+    stream: io.TextIOWrapper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # $JOURNAL_STREAM is right, but nothing listens on the journal socket (issue 20: such a
+    # run used to log nothing at all).
+    monkeypatch.setattr(logging_setup, "JOURNAL_SOCKET", tmp_path / "no-journald")
+    journal_logging(stream, level="info")
     log = logging.getLogger("agent.x")
     log.info("up")
     log.warning("two\nlines")
     log.error("bad")
     stream.seek(0)
-    assert stream.read().splitlines() == [
-        "<6>agent.x: up",
-        "<4>agent.x: two",
-        "<4>lines",
-        "<3>agent.x: bad",
-    ]
+    lines = stream.read().splitlines()
+    assert lines[0].startswith("<4>agent.runtime.logging_setup: edge-agent: cannot log to ")
+    assert f"journald at {tmp_path / 'no-journald'}" in lines[0]
+    assert lines[0].endswith(": logging to stderr")
+    assert lines[1:] == ["<6>agent.x: up", "<4>agent.x: two", "<4>lines", "<3>agent.x: bad"]
+
+
+def test_journald_going_away_and_coming_back(stream: io.TextIOWrapper, tmp_path: Path) -> None:
+    now = [0.0]
+    path = tmp_path / "journal.socket"
+    handler = JournalHandler(path, fallback=stream, clock=lambda: now[0])
+    log = logging.getLogger("agent.flaky")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        j = Journald(path)
+        log.warning("one")
+        j.close()  # journald stops
+        log.warning("two")
+        log.warning("three")
+        assert handler.dark
+        j = Journald(path)  # back, but not tried again until RETRY_AFTER has passed
+        log.warning("four")
+        now[0] += logging_setup.RETRY_AFTER
+        log.warning("five")
+        assert not handler.dark
+        assert [e["MESSAGE"] for e in j.entries] == ["five"]
+        j.close()
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+        handler.close()
+    stream.seek(0)
+    lines = stream.read().splitlines()
+    assert len(lines) == 5, lines
+    assert "cannot log to journald" in lines[0]
+    assert lines[1:4] == ["<4>agent.flaky: two", "<4>agent.flaky: three", "<4>agent.flaky: four"]
+    assert lines[4].endswith(f"journald at {path} is back: logging there")
 
 
 # -- secrets -----------------------------------------------------------------------------
-def test_the_password_is_redacted_everywhere(stream: io.TextIOWrapper) -> None:
-    journal = journal_logging(stream, secrets=(PASSWORD,))
+def test_the_password_is_redacted_everywhere(stream: io.TextIOWrapper, journald: Journald) -> None:
+    journal_logging(stream, secrets=(PASSWORD,))
     log = logging.getLogger("agent.mqtt")
     log.info("connecting with password %s", PASSWORD)
     log.info(f"inline {PASSWORD}!")
@@ -211,13 +313,13 @@ def test_the_password_is_redacted_everywhere(stream: io.TextIOWrapper) -> None:
     except ConnectionError:
         log.exception("connect failed")
     log.info("args %r", {"password": PASSWORD})
-    text = repr(journal.entries)
+    text = repr(journald.entries)
     assert PASSWORD not in text
-    assert journal.entries[0]["MESSAGE"] == "connecting with password ***"
-    assert journal.entries[1]["MESSAGE"] == "inline ***!"
-    assert journal.entries[2]["SENSOR"] == "x***"
-    assert "auth failed for pass=***" in journal.entries[3]["EXCEPTION_TEXT"]
-    assert journal.entries[4]["MESSAGE"] == "args {'password': '***'}"
+    assert journald.entries[0]["MESSAGE"] == "connecting with password ***"
+    assert journald.entries[1]["MESSAGE"] == "inline ***!"
+    assert journald.entries[2]["SENSOR"] == "x***"
+    assert "auth failed for pass=***" in journald.entries[3]["EXCEPTION_TEXT"]
+    assert journald.entries[4]["MESSAGE"] == "args {'password': '***'}"
 
 
 def test_the_password_is_redacted_on_stderr(stream: io.TextIOWrapper) -> None:

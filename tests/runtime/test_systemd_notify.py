@@ -16,8 +16,6 @@ import pytest
 
 from agent.runtime.systemd import Notifier, status_line
 
-BACKENDS = ["systemd-python", "socket"]
-
 
 class NotifySocket:
     """What systemd listens on: an AF_UNIX datagram socket, here bound in tmp_path."""
@@ -55,17 +53,8 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     s.sock.close()
 
 
-def make(backend: str) -> Notifier:
-    if backend == "systemd-python":
-        pytest.importorskip("systemd.daemon", reason="the systemd extra is not installed")
-    notifier = Notifier(use_systemd_python=backend == "systemd-python")
-    assert notifier.backend == backend
-    return notifier
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ready_sends_ready_with_the_status(notify_socket: NotifySocket, backend: str) -> None:
-    notifier = make(backend)
+def test_ready_sends_ready_with_the_status(notify_socket: NotifySocket) -> None:
+    notifier = Notifier()
     assert notifier.enabled
     assert notifier.ready("connected to broker:1883; sensors: 1 ok; queue: 0")
     assert (
@@ -75,9 +64,8 @@ def test_ready_sends_ready_with_the_status(notify_socket: NotifySocket, backend:
     assert notify_socket.recv() == "READY=1"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_status_is_sent_only_when_it_changes(notify_socket: NotifySocket, backend: str) -> None:
-    notifier = make(backend)
+def test_status_is_sent_only_when_it_changes(notify_socket: NotifySocket) -> None:
+    notifier = Notifier()
     assert notifier.status("reconnecting to broker:1883")
     assert not notifier.status("reconnecting to broker:1883")
     assert notifier.status("connected to broker:1883")
@@ -92,15 +80,13 @@ def test_status_is_sent_only_when_it_changes(notify_socket: NotifySocket, backen
     assert notify_socket.pending() == ["READY=1\nSTATUS=up"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_multi_line_status_stays_one_field(notify_socket: NotifySocket, backend: str) -> None:
-    make(backend).status("line one\nREADY=1")
+def test_a_multi_line_status_stays_one_field(notify_socket: NotifySocket) -> None:
+    Notifier().status("line one\nREADY=1")
     assert notify_socket.recv() == "STATUS=line one READY=1"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_reload_and_stop(notify_socket: NotifySocket, backend: str) -> None:
-    notifier = make(backend)
+def test_reload_and_stop(notify_socket: NotifySocket) -> None:
+    notifier = Notifier()
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     notifier.reloading()
     after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -115,16 +101,15 @@ def test_reload_and_stop(notify_socket: NotifySocket, backend: str) -> None:
     assert notify_socket.recv() == "STOPPING=1\nSTATUS=stopping"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_watchdog_interval_is_half_of_watchdog_usec(
-    notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch, backend: str
+    notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert make(backend).watchdog_interval() is None
-    assert not make(backend).ping()
+    assert Notifier().watchdog_interval() is None
+    assert not Notifier().ping()
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
-    assert make(backend).watchdog_interval() == 15.0
+    assert Notifier().watchdog_interval() == 15.0
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    notifier = make(backend)
+    notifier = Notifier()
     assert notifier.watchdog_interval() == 15.0
     assert notifier.ping()
     assert notify_socket.recv() == "WATCHDOG=1"
@@ -151,7 +136,7 @@ def test_without_notify_socket_everything_is_a_no_op(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     notifier = Notifier()
-    assert not notifier.enabled and notifier.backend == "none"
+    assert not notifier.enabled
     assert notifier.watchdog_interval() is None
     assert not any(
         [
@@ -173,15 +158,14 @@ def test_environ_is_read_once_at_construction(
     assert notify_socket.recv() == "READY=1"
 
 
-def test_without_systemd_python_it_sends_the_datagram_itself(
+def test_it_needs_no_systemd_library(
     notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The agent must work without the `systemd` extra: a Type=notify unit whose process
-    # never says READY=1 would be killed at TimeoutStartSec.
+    # No systemd-python: a Type=notify unit whose process never says READY=1 would be
+    # killed at TimeoutStartSec, so nothing here may depend on a library.
     monkeypatch.setitem(sys.modules, "systemd", None)
     monkeypatch.setitem(sys.modules, "systemd.daemon", None)
     notifier = Notifier()
-    assert notifier.backend == "socket"
     assert notifier.ready("up")
     assert notify_socket.recv() == "READY=1\nSTATUS=up"
 
@@ -190,21 +174,19 @@ def test_abstract_socket_address(monkeypatch: pytest.MonkeyPatch) -> None:
     s = NotifySocket(f"@edge-agent-test-{uuid.uuid4().hex}")
     try:
         monkeypatch.setenv("NOTIFY_SOCKET", s.address)
-        assert Notifier(use_systemd_python=False).ready("abstract")
+        assert Notifier().ready("abstract")
         assert s.recv() == "READY=1\nSTATUS=abstract"
     finally:
         s.sock.close()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_vanished_socket_is_logged_once_and_never_raised(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    backend: str,
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone.sock"))
-    notifier = make(backend)
+    notifier = Notifier()
     with caplog.at_level(logging.WARNING, logger="agent.runtime.systemd"):
         assert not notifier.ready("x")
         assert not notifier.status("y")
@@ -283,7 +265,7 @@ def test_the_built_in_sender_never_blocks_on_a_full_queue(
     notify_socket: NotifySocket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")
-    notifier = Notifier(use_systemd_python=False)
+    notifier = Notifier()
     started = time.monotonic()
     results = [notifier.ping() for _ in range(5000)]  # nobody reads
     assert time.monotonic() - started < 5
