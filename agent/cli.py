@@ -153,7 +153,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     hardware = make_hardware(config, simulate=args.simulate)
     failed = 0
     try:
-        for seq, name in enumerate(names, start=1):
+        for name in names:
             options = config.sensors[name]
             spec = spec_of(options)
             ts = time.time()
@@ -167,7 +167,9 @@ def cmd_read(args: argparse.Namespace) -> int:
                 print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
                 continue
             values = round_values(raw, spec.quantities)
-            reading = Reading(sensor=name, ts=ts, seq=seq, values=values)
+            # seq counts per sensor: this is each one's first (and only) reading here; the
+            # daemon's counters in the state dir are not touched.
+            reading = Reading(sensor=name, ts=ts, seq=1, values=values)
             print(reading.encode().decode())
     finally:
         hardware.close()

@@ -37,6 +37,7 @@ def test_read_simulated_prints_one_valid_reading_per_sensor(tmp_path: Path) -> N
     assert [r["sensor"] for r in readings] == demo_sensors
     for r in readings:
         assert set(r) == {"sensor", "ts", "seq", "values"}
+        assert r["seq"] == 1  # per sensor: each one's first reading, not 1, 2, 3
         assert r["ts"].endswith("Z") and len(r["ts"]) == len("2026-11-23T04:11:27.123Z")
         assert r["values"] and all(isinstance(v, int | float) for v in r["values"].values())
 
