@@ -20,6 +20,7 @@ from agent.errors import ConfigError
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd's RestartPreventExitStatus uses it
+EXIT_NO_REPLY = 75  # EX_TEMPFAIL: the broker or the agent did not answer; try again later
 
 log = logging.getLogger("agent")
 
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         "schema": cmd_schema,
         "demo": cmd_demo,
         "status": cmd_status,
+        "watch": cmd_watch,
+        "send": cmd_send,
     }[args.command]
     try:
         return handler(args)
@@ -79,6 +82,28 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("sensors", nargs="*", metavar="SENSOR", help="default: every sensor")
     status = sub.add_parser("status", help="one screen: connection, sensors, outputs, buffer")
     config_arg(status)
+    from agent.mqtt.client import add_target_arguments
+
+    watch = sub.add_parser(
+        "watch", help="live view of what a device publishes (any broker, any device)"
+    )
+    add_target_arguments(watch)
+    watch.add_argument(
+        "device",
+        nargs="?",
+        metavar="DEVICE",
+        help="device id (default: the config's; with --host: every device)",
+    )
+    send = sub.add_parser("send", help="send a command to an output and print its reply")
+    add_target_arguments(send)
+    send.add_argument("output", metavar="OUTPUT")
+    send.add_argument("state", metavar="STATE", help="on, off or toggle")
+    send.add_argument("--duration", type=float, default=None, help="seconds, then switch back")
+    send.add_argument("--level", type=float, default=None, help="a level (outputs that take one)")
+    send.add_argument("--device", default=None, help="device id (default: the config's)")
+    send.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the reply (10)"
+    )
     sub.add_parser("drivers", help="list drivers, their quantities and options")
     sub.add_parser("schema", help="print the JSON Schema of the config")
     demo = sub.add_parser("demo", help="private broker + simulated agent + live view")
@@ -193,6 +218,95 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(render(view))
     healthy = view.healthy if view.healthy is not None else bool(view.online)
     return EXIT_OK if healthy else EXIT_FAILURE
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """The live view until Ctrl-C; one line per message when stdout is not a terminal."""
+    import threading
+
+    from agent.demo.liveview import LiveView
+    from agent.mqtt.client import NoTarget, target_from_args
+
+    try:
+        target = target_from_args(args)
+    except NoTarget as e:
+        print(f"edge-agent watch: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    base = target.base(args.device)
+    view = LiveView(target, topic_filter=f"{base}/#")
+    try:
+        subscribed = view.start()
+    except OSError as e:
+        print(f"edge-agent watch: {e}", file=sys.stderr)
+        return EXIT_NO_REPLY
+    if not subscribed:
+        print(f"edge-agent watch: {target.where} did not answer", file=sys.stderr)
+        view.stop()
+        return EXIT_NO_REPLY
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    header = f"edge-agent watch - {base}/# on {target.where}. Ctrl-C stops."
+    try:
+        if sys.stdout.isatty():
+            while not stop.is_set():
+                view.draw(header)
+                stop.wait(1.0)
+        else:
+            print(header, flush=True)
+            for line in view.lines(stop):
+                print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        view.stop()
+    return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Publish one command, print its reply; 0 only when the reply says ok."""
+    from agent.commands.send import build_command, command_payload, new_command_id, send_command
+    from agent.mqtt.client import NoTarget, target_from_args
+    from agent.mqtt.topics import Topics
+
+    try:
+        target = target_from_args(args)
+    except NoTarget as e:
+        print(f"edge-agent send: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    device = args.device or target.device_id
+    if device is None:
+        print("edge-agent send: --device ID is needed with --host", file=sys.stderr)
+        return EXIT_FAILURE
+    command_id = new_command_id()
+    command = build_command(
+        args.state,
+        command_id=command_id,
+        ts=time.time(),
+        duration=args.duration,
+        level=args.level,
+    )
+    topics = Topics.for_device(target.topic_prefix, device)
+    try:
+        reply = send_command(
+            target,
+            topics,
+            args.output,
+            command_payload(command),
+            command_id=command_id,
+            timeout=args.timeout,
+        )
+    except OSError as e:
+        print(f"edge-agent send: {e}", file=sys.stderr)
+        return EXIT_NO_REPLY
+    if reply is None:
+        print(
+            f"edge-agent send: no reply from {topics.base} on {target.where} in "
+            f"{args.timeout:g} s (is the agent running? edge-agent watch shows it)",
+            file=sys.stderr,
+        )
+        return EXIT_NO_REPLY
+    print(json.dumps(reply, ensure_ascii=False))
+    return EXIT_OK if reply.get("ok") is True else EXIT_FAILURE
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:

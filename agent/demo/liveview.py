@@ -1,16 +1,24 @@
-"""A live terminal view of everything a device publishes: the latest value of each topic."""
+"""A live terminal view of everything a device publishes: the latest value of each topic.
+
+``edge-agent demo`` shows it; ``edge-agent watch`` shows it against any broker and device,
+and, when its output is not a terminal, prints one line per message instead
+(:meth:`LiveView.lines`).
+"""
 
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.mqtt.client import BrokerTarget, connect
 
 
 def summarize(text: str) -> str:
@@ -29,17 +37,18 @@ def summarize(text: str) -> str:
 class LiveView:
     """Subscribes to ``topic_filter`` and keeps the latest payload of every topic."""
 
-    def __init__(self, *, host: str, port: int, topic_filter: str) -> None:
+    def __init__(self, target: BrokerTarget, *, topic_filter: str) -> None:
+        self.target = target
         self.topic_filter = topic_filter
         self.latest: dict[str, tuple[str, float, bool]] = {}
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=paho.MQTTv5)
+        self._client = target.client()
         self._subscribed = threading.Event()
+        self._messages: queue.SimpleQueue[tuple[str, str, bool]] = queue.SimpleQueue()
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *args: self._subscribed.set()
         self._client.on_message = self._on_message
-        self._client.connect_async(host, port, 30)
 
     def _on_connect(self, client: paho.Client, *args: Any) -> None:
         client.subscribe(self.topic_filter, qos=1)
@@ -49,11 +58,28 @@ class LiveView:
         with self._lock:
             self.latest[msg.topic] = (text, time.time(), bool(msg.retain))
             self.counts[msg.topic] = self.counts.get(msg.topic, 0) + 1
+        self._messages.put((msg.topic, text, bool(msg.retain)))
 
-    def start(self, timeout: float = 5.0) -> None:
-        """Connect and wait (up to ``timeout``) until the subscription is in place."""
+    def start(self, timeout: float = 5.0) -> bool:
+        """Connect and wait (up to ``timeout``) until the subscription is in place; False
+        when it was not in time (paho keeps trying).
+
+        Raises:
+            OSError: the broker cannot be reached.
+        """
+        connect(self._client, self.target)
         self._client.loop_start()
-        self._subscribed.wait(timeout)
+        return self._subscribed.wait(timeout)
+
+    def lines(self, stop: threading.Event) -> Iterator[str]:
+        """``topic payload`` for each message as it arrives (``(retained)`` after a retained
+        one), until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                topic, text, retained = self._messages.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            yield f"{topic} {text}" + ("  (retained)" if retained else "")
 
     def stop(self) -> None:
         self._client.disconnect()
