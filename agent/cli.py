@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         "watch": cmd_watch,
         "send": cmd_send,
     }[args.command]
+    if args.command in _SEES_DRIVERS:
+        _report_driver_problems()
     try:
         return handler(args)
     except ConfigError as e:
@@ -53,6 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `edge-agent drivers | head`
         sys.stderr.close()
         return EXIT_OK
+
+
+#: Commands that load drivers, and so report broken driver packages (once, on stderr).
+_SEES_DRIVERS = {"run", "check", "read", "drivers", "schema", "scan"}
+
+
+def _report_driver_problems() -> None:
+    from drivers.registry import problems
+
+    for problem in problems():
+        print(f"edge-agent: warning: {problem}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -312,10 +325,12 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_drivers(args: argparse.Namespace) -> int:
     import msgspec
 
-    from drivers.registry import DRIVERS
+    from drivers.registry import BROKEN, DRIVERS, ORIGINS
 
     for spec in DRIVERS.values():
-        print(f"{spec.name} ({spec.kind}): {spec.summary}")
+        print(f"{spec.name} ({spec.kind}, {ORIGINS[spec.name]}): {spec.summary}")
+        if spec.i2c_addresses:
+            print("  i2c addresses: " + ", ".join(f"0x{a:02X}" for a in spec.i2c_addresses))
         if spec.quantities:
             print("  quantities:")
             for name, q in spec.quantities.items():
@@ -329,6 +344,8 @@ def cmd_drivers(args: argparse.Namespace) -> int:
             print("  sample:")
             print(textwrap.indent(spec.sample.rstrip(), "    "))
         print()
+    for broken in BROKEN.values():
+        print(f"{broken.name} (unusable): {broken}")
     return EXIT_OK
 
 

@@ -1,23 +1,143 @@
-"""Every driver the agent knows, by name. Adding a driver adds one line here."""
+"""Every driver the agent knows, by name: the built-in ones and those of installed packages.
+
+Drivers register through entry points in the group ``pi_edge_agent.drivers`` (CONTRACT 11):
+``name = "module:SPEC"``, the object a :class:`~drivers.base.DriverSpec` whose ``name`` is
+the entry point's name. The built-in drivers register the same way, in this project's own
+``pyproject.toml`` — so adding a built-in driver adds one line there, and the venv must be
+reinstalled to see it (``make venv``, or ``pip install -e .``).
+
+A package whose entry point fails to load, or yields something that is not a valid spec,
+is recorded in :data:`BROKEN` and reported once (:func:`problems`); everything else works.
+A name that a package shares with a built-in driver goes to the built-in, and is reported.
+"""
 
 from __future__ import annotations
 
-from drivers import bme280, dht, gpio, sht3x, system
-from drivers.base import DriverSpec
+import importlib.metadata
+from dataclasses import dataclass
 
-DRIVERS: dict[str, DriverSpec] = {
-    spec.name: spec
-    for spec in (
-        system.SPEC,
-        bme280.SPEC,
-        bme280.BMP280_SPEC,
-        dht.DHT22_SPEC,
-        dht.DHT11_SPEC,
-        sht3x.SPEC,
-        gpio.RELAY_SPEC,
-        gpio.GPIO_SPEC,
+from drivers.base import DriverSpec, InputOptions, OutputOptions, SensorOptions
+
+GROUP = "pi_edge_agent.drivers"
+#: The distribution whose entry points are the built-in drivers.
+BUILTIN_DISTRIBUTION = "pi-edge-agent"
+
+_BASES = {"sensor": SensorOptions, "output": OutputOptions, "input": InputOptions}
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a driver comes from."""
+
+    #: The distribution (``pi-edge-agent`` for built-ins).
+    package: str
+    version: str
+    #: The entry point's value, ``module:object``.
+    target: str
+
+    @property
+    def builtin(self) -> bool:
+        return _normalise(self.package) == _normalise(BUILTIN_DISTRIBUTION)
+
+    def __str__(self) -> str:
+        return "built-in" if self.builtin else f"{self.package} {self.version}"
+
+
+@dataclass(frozen=True)
+class Broken:
+    """A driver entry point that could not be used."""
+
+    name: str
+    origin: Origin
+    error: str
+
+    def __str__(self) -> str:
+        return (
+            f"driver {self.name!r} from package {self.origin.package} {self.origin.version} "
+            f"({self.origin.target}) cannot be used: {self.error}"
+        )
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _origin(entry_point: importlib.metadata.EntryPoint) -> Origin:
+    dist = entry_point.dist
+    package = dist.metadata["Name"] if dist is not None else "unknown"
+    version = dist.version if dist is not None else "unknown"
+    return Origin(package=package, version=version, target=entry_point.value)
+
+
+def validate_spec(name: str, spec: object) -> str | None:
+    """Why ``spec`` is not a usable driver called ``name``, or ``None`` when it is."""
+    if not isinstance(spec, DriverSpec):
+        return f"expected a drivers.base.DriverSpec, got {type(spec).__name__}"
+    if spec.name != name:
+        return f"the spec is named {spec.name!r} but its entry point is {name!r}"
+    base = _BASES.get(spec.kind)
+    if base is None:
+        return f"kind {spec.kind!r} is none of sensor, output, input"
+    if not (isinstance(spec.options, type) and issubclass(spec.options, base)):
+        return f"a {spec.kind}'s options must subclass drivers.base.{base.__name__}"
+    tag = spec.options.__struct_config__.tag
+    if tag != name:
+        return f"its options are tagged {tag!r}, not {name!r}"
+    if not (callable(spec.open) and callable(spec.emulate)):
+        return "open and emulate must be callables"
+    return None
+
+
+def _load() -> tuple[dict[str, DriverSpec], dict[str, Origin], list[Broken], list[str]]:
+    drivers: dict[str, DriverSpec] = {}
+    origins: dict[str, Origin] = {}
+    broken: list[Broken] = []
+    notes: list[str] = []
+    entry_points = sorted(
+        importlib.metadata.entry_points(group=GROUP),
+        key=lambda ep: (not _origin(ep).builtin, ep.name),  # built-ins first: they win
     )
-}
+    seen: set[tuple[str, str]] = set()
+    for entry_point in entry_points:
+        origin = _origin(entry_point)
+        key = (entry_point.name, entry_point.value)
+        if key in seen:  # one distribution found twice on sys.path
+            continue
+        seen.add(key)
+        if entry_point.name in drivers:
+            holder = origins[entry_point.name]
+            notes.append(
+                f"package {origin.package} {origin.version} also provides driver "
+                f"{entry_point.name!r}; the one from {holder} is used"
+            )
+            continue
+        try:
+            spec = entry_point.load()
+        except Exception as e:  # a third party's import error must not stop the agent
+            broken.append(Broken(entry_point.name, origin, f"{type(e).__name__}: {e}"))
+            continue
+        problem = validate_spec(entry_point.name, spec)
+        if problem is not None:
+            broken.append(Broken(entry_point.name, origin, problem))
+            continue
+        assert isinstance(spec, DriverSpec)
+        drivers[entry_point.name] = spec
+        origins[entry_point.name] = origin
+    return drivers, origins, broken, notes
+
+
+DRIVERS: dict[str, DriverSpec]
+#: Where each driver in :data:`DRIVERS` comes from.
+ORIGINS: dict[str, Origin]
+#: Entry points that could not be used, by driver name.
+BROKEN: dict[str, Broken]
+DRIVERS, ORIGINS, _broken, _notes = _load()
+BROKEN = {b.name: b for b in _broken}
+
+
+def problems() -> list[str]:
+    """One sentence per broken package or name clash, to be reported once at start."""
+    return [str(b) for b in BROKEN.values()] + list(_notes)
 
 
 def sensors() -> list[DriverSpec]:

@@ -19,6 +19,7 @@ import msgspec
 
 from agent.config.durations import parse_duration
 from agent.config.yamlsource import KeyPath
+from drivers import registry
 from drivers.base import OptionError
 
 _MSGSPEC_SUFFIX = re.compile(r" - at `\$[^`]*`$")
@@ -153,6 +154,9 @@ def _tagged(value: Any, structs: list[Any], path: KeyPath, problems: Problems) -
         problems.add(path, f"missing required key `{tag_field}` (one of {', '.join(by_tag)})")
         return INVALID
     target = by_tag.get(tag)
+    if target is None and tag in registry.BROKEN:
+        problems.add(path + (tag_field,), str(registry.BROKEN[tag]))
+        return INVALID
     if target is None:
         problems.add(
             path + (tag_field,),

@@ -26,7 +26,7 @@ EXPECTED = {
 def test_drivers_lists_each_climate_driver_with_its_sample() -> None:
     result = run_cli("drivers")
     assert result.returncode == 0, result.stderr
-    assert "\nsht3x (sensor): Sensirion SHT30/SHT31/SHT35" in result.stdout
+    assert "\nsht3x (sensor, built-in): Sensirion SHT30/SHT31/SHT35" in result.stdout
     assert "repeatability: high" in result.stdout
 
 

@@ -147,8 +147,8 @@ def retained(port: int, topic: str, timeout: float = 3.0) -> Received | None:
             return None
 
 
-def agent_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agent", *args]
+def agent_command(*args: str, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "agent", *args]
 
 
 def run_cli(
@@ -170,9 +170,15 @@ class AgentProcess:
     """The real ``edge-agent run`` in a subprocess."""
 
     def __init__(
-        self, config: Path, *, simulate: bool = True, env: dict[str, str] | None = None
+        self,
+        config: Path,
+        *,
+        simulate: bool = True,
+        env: dict[str, str] | None = None,
+        python: str = sys.executable,
     ) -> None:
         self.config = config
+        self.python = python
         self.args = ["run", "-c", str(config)] + (["--simulate"] if simulate else [])
         self.env = {**os.environ, **(env or {})}
         self.log_path = config.parent / f"agent-{int(time.time() * 1000)}.log"
@@ -181,7 +187,7 @@ class AgentProcess:
     def start(self) -> AgentProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            agent_command(*self.args),
+            agent_command(*self.args, python=self.python),
             cwd=ROOT,
             env=self.env,
             stdin=subprocess.DEVNULL,
