@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import tomllib
+from typing import Any
 
 from drivers import registry
 from drivers.base import DriverSpec, SensorOptions
@@ -50,8 +51,11 @@ def test_a_spec_whose_options_are_tagged_otherwise_is_refused() -> None:
     class Options(SensorOptions, frozen=True, tag="other"):
         pass
 
+    def never(options: object, hardware: object) -> Any:
+        raise AssertionError("not opened")
+
     spec = DriverSpec(
-        name="gauge", kind="sensor", summary="", options=Options, open=print, emulate=print
+        name="gauge", kind="sensor", summary="", options=Options, open=never, emulate=never
     )
     assert registry.validate_spec("gauge", spec) == "its options are tagged 'other', not 'gauge'"
     assert registry.validate_spec("gauge", object()) == (
