@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         "schema": cmd_schema,
         "demo": cmd_demo,
         "status": cmd_status,
+        "scan": cmd_scan,
         "watch": cmd_watch,
         "send": cmd_send,
     }[args.command]
@@ -89,6 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--simulate", action="store_true", help="use emulated hardware")
     check = sub.add_parser("check", help="validate the config")
     config_arg(check)
+    check.add_argument(
+        "--hardware", action="store_true", help="also open every configured sensor and input once"
+    )
+    check.add_argument("--simulate", action="store_true", help="with --hardware: emulated")
+    scan = sub.add_parser("scan", help="what is connected: I2C, 1-Wire, IIO, serial")
+    config_arg(scan)
+    scan.add_argument(
+        "--simulate", action="store_true", help="scan the emulated hardware of the config"
+    )
     read = sub.add_parser("read", help="read sensors once and print one JSON reading per line")
     config_arg(read)
     read.add_argument("--simulate", action="store_true", help="use emulated hardware")
@@ -172,6 +182,31 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{c.mqtt.host}:{c.mqtt.effective_port} (MQTT {c.mqtt.protocol}"
         f"{', TLS' if c.mqtt.tls else ''})"
     )
+    if args.hardware:
+        from agent.runtime.hardware_check import check_hardware
+        from agent.runtime.hardware_setup import make_hardware
+
+        problems = check_hardware(loaded, make_hardware(c, simulate=args.simulate))
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return EXIT_FAILURE if problems else EXIT_OK
+    return EXIT_OK
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from agent.runtime.hardware_setup import make_hardware
+    from drivers.hardware import Hardware
+    from drivers.registry import DRIVERS
+    from drivers.scan import render, scan
+
+    if args.simulate:
+        hardware = make_hardware(_load(args.config).config, simulate=True)
+    else:
+        hardware = Hardware()
+    try:
+        print(render(scan(hardware), DRIVERS.values()))
+    finally:
+        hardware.close()
     return EXIT_OK
 
 

@@ -105,6 +105,13 @@ class Hardware:
                 numbers.append(int(suffix))
         return sorted(numbers)
 
+    def serial_port_names(self) -> list[str]:
+        """The serial devices that exist (``/dev/serial0``, ``/dev/ttyUSB0``, …)."""
+        from drivers.scan import SERIAL_GLOBS
+
+        dev = self.path("/dev")
+        return sorted({f"/dev/{p.name}" for pattern in SERIAL_GLOBS for p in dev.glob(pattern)})
+
     def serial_port(self, path: str, *, baudrate: int, timeout_s: float) -> Any:
         """A serial port (8N1) opened with pyserial: ``read(n)``, ``write(b)``,
         ``reset_input_buffer()``, ``close()``."""
@@ -245,6 +252,9 @@ class SimulatedHardware(Hardware):
     def attach_serial(self, path: str, port: FakeSerialPort) -> None:
         """Serve ``port`` when a driver opens the serial device ``path``."""
         self._serial[path] = port
+
+    def serial_port_names(self) -> list[str]:
+        return sorted(self._serial)
 
     def serial_port(self, path: str, *, baudrate: int, timeout_s: float) -> Any:
         port = self._serial.get(path)

@@ -237,6 +237,12 @@ class FakeSMBus:
                         device.write_registers(raw[0], raw[1:])
                         self.writes.append((address, raw[0], raw[1:]))
 
+    def write_quick(self, i2c_addr: int, force: bool | None = None) -> None:
+        """SMBus quick write: only the address, ACKed or NACKed (i2cdetect's probe)."""
+        with self._lock:
+            self._chip(i2c_addr)
+            self.log.append((i2c_addr, "w", b""))
+
     def probe(self, address: int) -> bool:
         """Whether anything acknowledges ``address`` (what ``i2cdetect`` asks)."""
         with self._lock:

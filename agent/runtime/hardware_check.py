@@ -1,0 +1,53 @@
+"""``edge-agent check --hardware``: open every configured sensor and input once.
+
+Outputs are not opened: opening one drives its pin to the initial level, which must never
+happen behind a running agent's back.
+"""
+
+from __future__ import annotations
+
+from agent.config.load import LoadedConfig
+from agent.config.yamlsource import parse
+from agent.runtime.hardware_setup import guarded_open, spec_of
+from drivers.base import Options
+from drivers.errors import BusError, DriverError
+from drivers.hardware import Hardware
+from drivers.scan import scan_i2c_bus
+
+
+def check_hardware(loaded: LoadedConfig, hardware: Hardware) -> list[str]:
+    """One ``FILE:LINE: sensors.NAME: problem`` per configured device that cannot be
+    opened on ``hardware`` (which this closes); empty when all of them answer."""
+    config = loaded.config
+    source = parse(loaded.path.read_text(encoding="utf-8"), file=str(loaded.path))
+    problems: list[str] = []
+    try:
+        devices: list[tuple[str, str, Options]] = [
+            *(("sensors", n, o) for n, o in config.sensors.items()),
+            *(("inputs", n, o) for n, o in config.inputs.items()),
+        ]
+        for section, name, options in devices:
+            problem = _open_once(options, hardware)
+            if problem is not None:
+                line = source.line_of((section, name))
+                problems.append(f"{loaded.path}:{line or '?'}: {section}.{name}: {problem}")
+    finally:
+        hardware.close()
+    return problems
+
+
+def _open_once(options: Options, hardware: Hardware) -> str | None:
+    spec = spec_of(options)
+    try:
+        driver = guarded_open(spec, options, hardware)
+    except BusError as e:
+        bus, address = getattr(options, "bus", None), getattr(options, "address", None)
+        if isinstance(bus, int) and isinstance(address, int):
+            found = scan_i2c_bus(hardware.i2c_bus(bus))
+            listed = ", ".join(f"0x{a:02X}" for a in found) or "nothing"
+            return f"nothing answers at 0x{address:02X} on /dev/i2c-{bus} (found: {listed})"
+        return str(e)
+    except DriverError as e:
+        return str(e)
+    driver.close()
+    return None
