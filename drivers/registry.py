@@ -14,9 +14,14 @@ A name that a package shares with a built-in driver goes to the built-in, and is
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from dataclasses import dataclass
 
-from drivers.base import DriverSpec, InputOptions, OutputOptions, SensorOptions
+from drivers.base import Driver, DriverSpec, InputOptions, Options, OutputOptions, SensorOptions
+from drivers.errors import DriverError, PermanentError
+from drivers.hardware import Hardware
+
+log = logging.getLogger(__name__)
 
 GROUP = "pi_edge_agent.drivers"
 #: The distribution whose entry points are the built-in drivers.
@@ -150,3 +155,22 @@ def outputs() -> list[DriverSpec]:
 
 def inputs() -> list[DriverSpec]:
     return [s for s in DRIVERS.values() if s.kind == "input"]
+
+
+def spec_of(options: Options) -> DriverSpec:
+    """The registry entry of a config entry."""
+    tag = options.__struct_config__.tag
+    assert isinstance(tag, str)
+    return DRIVERS[tag]
+
+
+def guarded_open(spec: DriverSpec, options: Options, hardware: Hardware) -> Driver:
+    """``spec.open``, with any error that is not a driver's own made a
+    :class:`~drivers.errors.PermanentError`: a third party's bug is reported, never fatal."""
+    try:
+        return spec.open(options, hardware)
+    except DriverError:
+        raise
+    except Exception as e:  # a driver's own bug must not take the daemon down
+        log.debug("opening %s failed", spec.name, exc_info=True)
+        raise PermanentError(f"{spec.name} could not be opened: {type(e).__name__}: {e}") from e

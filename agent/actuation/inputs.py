@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from agent.events import Event, EventSink
 from agent.mqtt.payloads import encode_json, iso_ts
-from agent.runtime.hardware_setup import guarded_open, spec_of
 from drivers.base import Input, InputOptions
 from drivers.errors import DriverError
 from drivers.hardware import Hardware
+from drivers.registry import guarded_open, spec_of
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from agent.actuation.statefile import OutputStateFile
 from agent.commands.parse import Command, CommandRefused
 from agent.events import Event, EventSink, Level
 from agent.mqtt.payloads import encode_json, iso_ts
-from agent.runtime.hardware_setup import guarded_open, spec_of
 from drivers.base import Output, OutputOptions
 from drivers.errors import DriverError
 from drivers.hardware import Hardware
+from drivers.registry import guarded_open, spec_of
 
 log = logging.getLogger(__name__)
 

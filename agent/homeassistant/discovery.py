@@ -26,7 +26,7 @@ from typing import Any
 from agent import __version__
 from agent.config.model import Config
 from agent.mqtt.topics import Topics
-from agent.runtime.hardware_setup import spec_of
+from drivers.registry import spec_of
 
 #: Our units where Home Assistant expects another spelling for the same unit.
 HA_UNITS = {"%RH": "%"}

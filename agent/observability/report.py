@@ -5,13 +5,59 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import __version__
 from agent.mqtt.payloads import iso_ts
 
 if TYPE_CHECKING:
-    from agent.runtime.daemon import Agent
+    from agent.actuation.inputs import InputWatcher
+    from agent.actuation.outputs import OutputController
+    from agent.commands.handler import CommandHandler
+    from agent.config.model import Config
+    from agent.mqtt.transport import Transport
+    from agent.pipeline.outbox import Outbox
+    from agent.sampling.scheduler import Scheduler
+
+
+class AgentState(Protocol):
+    """What the reports read of the running agent (``agent.runtime.daemon.Agent``).
+
+    A protocol, so this layer below the daemon never imports it.
+    """
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def connected_since(self) -> float | None: ...
+    @property
+    def disconnected_at(self) -> float | None: ...
+    @property
+    def counters(self) -> dict[str, int]: ...
+    @property
+    def last_error(self) -> dict[str, str] | None: ...
+    @property
+    def readings(self) -> Counter[str]: ...
+    @property
+    def retired_read_errors(self) -> Counter[tuple[str, str]]: ...
+    @property
+    def scheduler(self) -> Scheduler | None: ...
+    @property
+    def outputs(self) -> OutputController | None: ...
+    @property
+    def inputs(self) -> InputWatcher | None: ...
+    @property
+    def commands(self) -> CommandHandler | None: ...
+    @property
+    def outbox(self) -> Outbox | None: ...
+    @property
+    def transport(self) -> Transport | None: ...
+    @property
+    def sampling_running(self) -> bool: ...
 
 
 @dataclass
@@ -45,7 +91,7 @@ class Snapshot:
     latency_sum: float = 0.0
 
 
-def health_payload(agent: Agent) -> dict[str, Any]:
+def health_payload(agent: AgentState) -> dict[str, Any]:
     """The ``<base>/health`` payload (CONTRACT section 4)."""
     now = time.time()
     outbox = agent.outbox
@@ -62,11 +108,11 @@ def health_payload(agent: Agent) -> dict[str, Any]:
     }
 
 
-def failed_sensors(agent: Agent) -> list[str]:
+def failed_sensors(agent: AgentState) -> list[str]:
     return [s.name for s in agent.scheduler.slots if s.failed] if agent.scheduler else []
 
 
-def healthz(agent: Agent) -> tuple[bool, dict[str, Any]]:
+def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
     """``/healthz``: healthy while connected, or buffering within the limits.
 
     Unhealthy reasons: the broker unreachable for longer than ``health.max_offline``; the
@@ -121,7 +167,7 @@ def healthz(agent: Agent) -> tuple[bool, dict[str, Any]]:
     return not reasons, body
 
 
-def sensor_states(agent: Agent, now: float) -> dict[str, Any]:
+def sensor_states(agent: AgentState, now: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for slot in agent.scheduler.slots if agent.scheduler else []:
         out[slot.name] = {
@@ -134,7 +180,7 @@ def sensor_states(agent: Agent, now: float) -> dict[str, Any]:
     return out
 
 
-def output_states(agent: Agent) -> dict[str, Any]:
+def output_states(agent: AgentState) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if agent.outputs is None:
         return out
@@ -153,7 +199,7 @@ def output_states(agent: Agent) -> dict[str, Any]:
     return out
 
 
-def snapshot(agent: Agent) -> Snapshot:
+def snapshot(agent: AgentState) -> Snapshot:
     """Everything ``/metrics`` shows."""
     now = time.time()
     outbox = agent.outbox

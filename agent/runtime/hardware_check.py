@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from agent.config.load import LoadedConfig
 from agent.config.yamlsource import parse
-from agent.runtime.hardware_setup import guarded_open, spec_of
 from drivers.base import Options
 from drivers.errors import BusError, DriverError
 from drivers.hardware import Hardware
+from drivers.registry import guarded_open, spec_of
 from drivers.scan import scan_i2c_bus
 
 

@@ -1,4 +1,4 @@
-"""Choosing real or simulated hardware and opening drivers on it."""
+"""Choosing real or simulated hardware for a config, and the openers the scheduler uses."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import logging
 from collections.abc import Callable
 
 from agent.config.model import Config
-from drivers.base import Driver, DriverSpec, Options, Sensor
-from drivers.errors import DriverError, PermanentError
+from drivers.base import Options, Sensor
 from drivers.hardware import Hardware, SimulatedHardware
-from drivers.registry import DRIVERS
+from drivers.registry import guarded_open, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +21,6 @@ def make_hardware(config: Config, *, simulate: bool) -> Hardware:
     for options in [*config.sensors.values(), *config.outputs.values(), *config.inputs.values()]:
         spec_of(options).emulate(options, hardware)
     return hardware
-
-
-def spec_of(options: Options) -> DriverSpec:
-    """The registry entry of a config entry."""
-    tag = options.__struct_config__.tag
-    assert isinstance(tag, str)
-    return DRIVERS[tag]
 
 
 def sensor_opener(options: Options, hardware: Hardware) -> Callable[[], Sensor]:
@@ -44,11 +36,4 @@ def sensor_opener(options: Options, hardware: Hardware) -> Callable[[], Sensor]:
     return open_sensor
 
 
-def guarded_open(spec: DriverSpec, options: Options, hardware: Hardware) -> Driver:
-    try:
-        return spec.open(options, hardware)
-    except DriverError:
-        raise
-    except Exception as e:  # a driver's own bug must not take the daemon down
-        log.debug("opening %s failed", spec.name, exc_info=True)
-        raise PermanentError(f"{spec.name} could not be opened: {type(e).__name__}: {e}") from e
+__all__ = ["guarded_open", "make_hardware", "sensor_opener", "spec_of"]

@@ -18,19 +18,22 @@ from drivers import bme280, registry
 from drivers.bme280 import (
     BME280,
     BMP280,
-    NEGATIVE_CALIBRATION,
     REG_CTRL_HUM,
     REG_CTRL_MEAS,
     REG_DATA,
-    TYPICAL_CALIBRATION,
     BME280Options,
     BMP280Options,
-    Calibration,
     EmulatedBME280,
+    decimals_for,
+)
+from drivers.compensation import bme280 as compensation
+from drivers.compensation.bme280 import (
+    NEGATIVE_CALIBRATION,
+    TYPICAL_CALIBRATION,
+    Calibration,
     compensate_humidity,
     compensate_pressure,
     compensate_temperature,
-    decimals_for,
     decode_calibration,
     encode_calibration,
 )
@@ -236,10 +239,10 @@ def test_calibration_that_does_not_fit_its_registers_is_refused() -> None:
 def test_emulator_raw_counts_compensate_back_to_the_physical_values(
     calibration: Calibration, celsius: float, hpa: float, rh: float
 ) -> None:
-    adc_t = bme280.raw_temperature(calibration, celsius)
+    adc_t = compensation.raw_temperature(calibration, celsius)
     centi, t_fine = compensate_temperature(calibration, adc_t)
-    adc_p = bme280.raw_pressure(calibration, t_fine, hpa)
-    adc_h = bme280.raw_humidity(calibration, t_fine, rh)
+    adc_p = compensation.raw_pressure(calibration, t_fine, hpa)
+    adc_h = compensation.raw_humidity(calibration, t_fine, rh)
     assert centi / 100 == pytest.approx(celsius, abs=RESOLUTION["temperature"])
     q8 = compensate_pressure(calibration, t_fine, adc_p)
     assert q8 / 25600 == pytest.approx(hpa, abs=RESOLUTION["pressure"])
