@@ -14,6 +14,7 @@ no other file but its line in :mod:`drivers.registry`:
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -23,6 +24,30 @@ import msgspec
 
 if TYPE_CHECKING:
     from drivers.hardware import Hardware, SimulatedHardware
+
+#: Seconds per duration unit.
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a duration string.
+
+    Raises:
+        ValueError: with a message fit to show the user.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 10s, 5m or a number of seconds, got {value}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+    raise ValueError(
+        f"expected a duration such as 500ms, 10s, 5m, 1h, 7d or a number of seconds, got {value!r}"
+    )
+
 
 #: JSON Schema of a duration: seconds as a number, or a string such as "500ms", "10s", "7d".
 DURATION_JSON_SCHEMA = {

@@ -27,12 +27,10 @@ import msgspec
 import yaml
 
 from drivers._yaml import YAML12Loader
-from drivers.base import DriverSpec, Options, Quantity, Sensor
+from drivers.base import DriverSpec, Options, Quantity, Sensor, parse_duration
 from drivers.errors import DriverError, TransientError
 from drivers.hardware import SimulatedHardware
 
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 #: Share of bus transactions that fail in the failure check.
 FAIL_RATE = 0.3
 #: Where a range is unknown, values to simulate.
@@ -107,9 +105,7 @@ def _durations(value: Any, tp: Any) -> Any:
 def _convert_durations(value: Any, info: msgspec.inspect.Type) -> Any:
     if isinstance(info, msgspec.inspect.Metadata):
         if info.extra and info.extra.get("duration") and isinstance(value, str):
-            match = _DURATION.match(value)
-            if match:
-                return float(match.group(1)) * _UNITS[match.group(2)]
+            return parse_duration(value)
         return _convert_durations(value, info.type)
     if isinstance(info, msgspec.inspect.UnionType):
         for member in info.types:
