@@ -129,8 +129,21 @@ class OutputOptions(Options, frozen=True, tag_field="driver"):
     min_switch_interval: Seconds = 0.0
 
 
+#: Home Assistant's binary_sensor device classes: they decide what "on" is called
+#: (door: open/closed, motion: detected/clear, moisture: wet/dry, ...).
+BinarySensorClass = Literal[
+    "battery", "battery_charging", "carbon_monoxide", "cold", "connectivity", "door",
+    "garage_door", "gas", "heat", "light", "lock", "moisture", "motion", "moving",
+    "occupancy", "opening", "plug", "power", "presence", "problem", "running", "safety",
+    "smoke", "sound", "tamper", "update", "vibration", "window",
+]  # fmt: skip
+
+
 class InputOptions(Options, frozen=True, tag_field="driver"):
     """Options every input has."""
+
+    #: How Home Assistant names the input's states (``door``: open/closed); null: on/off.
+    device_class: BinarySensorClass | None = None
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,12 @@ Entities, with the ids they keep across restarts (``unique_id`` =
 ``<device_id>_<component id>``):
 
 - a ``sensor`` per sensor quantity (``<sensor>_<quantity>``), its value picked out of the
-  reading JSON; the ``system`` driver's are diagnostic;
+  reading JSON, shown with the decimals of the quantity's resolution; a replayed reading
+  (``"replayed": true``, from the buffer after an outage) leaves the entity's state as it
+  is (see :func:`sensor_value_template`); the ``system`` driver's are diagnostic;
 - a ``switch`` per output (``output_<name>``), commanded on its set topic, its state read
   from the retained state JSON;
-- a ``binary_sensor`` per input (``input_<name>``);
+- a ``binary_sensor`` per input (``input_<name>``), with the input's ``device_class``;
 - diagnostic sensors from ``<base>/health``: buffer depth (``buffer_depth``), oldest
   buffered reading (``buffer_oldest_age``) and the last error (``last_error``).
 
@@ -25,6 +27,7 @@ from typing import Any
 
 from agent import __version__
 from agent.config.model import Config
+from agent.mqtt.payloads import resolution_decimals
 from agent.mqtt.topics import Topics
 from drivers.registry import spec_of
 
@@ -48,6 +51,23 @@ def expire_after(interval_s: float) -> int:
     return max(60, math.ceil(3 * interval_s + 5))
 
 
+def sensor_value_template(quantity: str) -> str:
+    """The template that picks ``quantity`` out of a reading for Home Assistant.
+
+    It renders an empty string for a replayed reading (one with a ``replayed`` key) and for
+    a reading without ``quantity``. Home Assistant's MQTT sensor ignores an empty state of a
+    numeric sensor (logged at debug level only) and writes nothing: no state row, no
+    ``last_reported``, no statistics input. So a reading sampled during an outage never
+    becomes the entity's current state or a history entry stamped with its arrival time;
+    consumers that want the backfill read ``ts``/``seq``/``replayed`` from the same topic.
+    """
+    values = "value_json['values']"
+    return (
+        f"{{{{ '' if value_json.replayed is defined or '{quantity}' not in {values}"
+        f" else {values}['{quantity}'] }}}}"
+    )
+
+
 def components(config: Config, topics: Topics) -> dict[str, dict[str, Any]]:
     """Every entity of the device: component id -> its discovery config."""
     assert config.device_id is not None
@@ -62,8 +82,9 @@ def components(config: Config, topics: Topics) -> dict[str, dict[str, Any]]:
                 "name": f"{name} {quantity.replace('_', ' ')}",
                 "unique_id": f"{device_id}_{cid}",
                 "state_topic": topics.sensor(name),
-                "value_template": f"{{{{ value_json['values']['{quantity}'] }}}}",
+                "value_template": sensor_value_template(quantity),
                 "state_class": "measurement",
+                "suggested_display_precision": resolution_decimals(q.resolution),
                 "expire_after": expire_after(options.interval),
             }
             if q.unit:
@@ -88,8 +109,8 @@ def components(config: Config, topics: Topics) -> dict[str, dict[str, Any]]:
             "optimistic": False,
             "retain": False,
         }
-    for name in config.inputs:
-        out[f"input_{name}"] = {
+    for name, input_options in config.inputs.items():
+        binary: dict[str, Any] = {
             "p": "binary_sensor",
             "name": name,
             "unique_id": f"{device_id}_input_{name}",
@@ -98,6 +119,9 @@ def components(config: Config, topics: Topics) -> dict[str, dict[str, Any]]:
             "payload_on": "on",
             "payload_off": "off",
         }
+        if input_options.device_class is not None:
+            binary["device_class"] = input_options.device_class
+        out[f"input_{name}"] = binary
     health_expiry = expire_after(config.health.publish_interval)
     out["buffer_depth"] = {
         "p": "sensor",

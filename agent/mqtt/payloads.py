@@ -45,12 +45,14 @@ def round_to_resolution(value: float, resolution: float) -> float:
         return value
     if resolution >= 1:
         return float(round(value / resolution) * resolution)
-    return round(value, _decimals(resolution))
+    return round(value, resolution_decimals(resolution))
 
 
 @functools.lru_cache(maxsize=256)
-def _decimals(resolution: float) -> int:
-    """The decimals ``resolution`` implies (0.01 -> 2); a handful of distinct values."""
+def resolution_decimals(resolution: float) -> int:
+    """The decimals ``resolution`` implies (0.01 -> 2, 1/1024 -> 3, 1 or more -> 0)."""
+    if resolution >= 1:
+        return 0
     exponent = Decimal(repr(resolution)).normalize().as_tuple().exponent
     return max(0, -exponent) if isinstance(exponent, int) else 0
 

@@ -47,6 +47,13 @@ BAD_CONFIGS: list[tuple[str, str, int, str, str]] = [
         "sensors.pi.driver",
         "did you mean `system`",
     ),
+    (
+        "input-device-class",
+        "inputs:\n  door:\n    driver: gpio\n    pin: 27\n    device_class: dor\n",
+        5,
+        "inputs.door.device_class",
+        "'dor'",
+    ),
     ("missing-driver", "sensors:\n  pi:\n    interval: 5s\n", 2, "sensors.pi", "driver"),
     (
         "driver-option-unknown",

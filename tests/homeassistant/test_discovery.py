@@ -59,8 +59,12 @@ def test_a_sensor_entity_per_quantity() -> None:
         "name": "air temperature",
         "unique_id": "gh1_air_temperature",
         "state_topic": "edge/gh1/sensor/air",
-        "value_template": "{{ value_json['values']['temperature'] }}",
+        "value_template": (
+            "{{ '' if value_json.replayed is defined or 'temperature' not in value_json['values']"
+            " else value_json['values']['temperature'] }}"
+        ),
         "state_class": "measurement",
+        "suggested_display_precision": 2,
         "expire_after": 60,
         "unit_of_measurement": "°C",
         "device_class": "temperature",
@@ -70,10 +74,14 @@ def test_a_sensor_entity_per_quantity() -> None:
     assert cmps["air_humidity"]["device_class"] == "humidity"
     assert cmps["air_pressure"]["unit_of_measurement"] == "hPa"
     assert cmps["air_pressure"]["device_class"] == "atmospheric_pressure"
+    # Shown with the decimals of the chip's resolution (0.008 %RH, 0.0018 hPa).
+    assert cmps["air_humidity"]["suggested_display_precision"] == 3
+    assert cmps["air_pressure"]["suggested_display_precision"] == 4
     # The Pi's own health is diagnostic; its interval sets the expiry.
     soc = cmps["pi_soc_temperature"]
     assert soc["entity_category"] == "diagnostic"
     assert soc["expire_after"] == expire_after(60) == 185
+    assert cmps["pi_uptime"]["suggested_display_precision"] == 0
     assert "entity_category" not in temperature
 
 
@@ -103,6 +111,15 @@ def test_a_switch_per_output_and_a_binary_sensor_per_input() -> None:
         "payload_on": "on",
         "payload_off": "off",
     }
+
+
+def test_an_input_with_a_device_class() -> None:
+    cfg = config(
+        CONFIG.replace("{driver: gpio, pin: 27}", "{driver: gpio, pin: 27, device_class: door}")
+    )
+    cmps = payload(cfg)["cmps"]
+    assert isinstance(cmps, dict)
+    assert cmps["input_door"]["device_class"] == "door"
 
 
 def test_diagnostic_entities_from_the_health_topic() -> None:
