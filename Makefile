@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_APT := mosquitto
 TEST_APT := systemd-container debootstrap
 
-.PHONY: demo test test-fresh check lint typecheck schema bench system-deps test-deps venv clean
+.PHONY: demo test test-fresh test-ha check lint typecheck schema bench system-deps test-deps venv clean
 
 demo: $(STAMP)
 	$(BIN)/edge-agent demo
@@ -23,6 +23,24 @@ test: $(STAMP) test-deps
 # make venv, edge-agent read and demo, in a chroot (root; ~4.5 min, ~6 min uncached).
 test-fresh: $(STAMP) test-deps
 	EDGE_AGENT_TEST_FRESH=1 $(BIN)/pytest tests/deploy/test_fresh_debian.py
+
+# Against a real Home Assistant Core (tests/ha/, minutes; not part of `make test`). Its venv
+# lives outside the repository and is built once (~5 min): homeassistant 2025.4.4 is the
+# newest whose Python requirement (3.13.0 from pyenv) this machine meets; the frontend and
+# isal are requirements of integrations HA always loads, installed here because the tests
+# run HA with --skip-pip.
+HA_VENV ?= /var/cache/edge-agent-tests/ha-venv
+HA_PYTHON ?= $(shell pyenv root 2>/dev/null)/versions/3.13.0/bin/python
+HA_PACKAGES := homeassistant==2025.4.4 paho-mqtt==2.1.0 home-assistant-frontend==20250411.0 isal==1.7.1
+
+test-ha: $(STAMP) $(HA_VENV)/.installed
+	EDGE_AGENT_TEST_HA=1 EDGE_AGENT_HA_VENV=$(HA_VENV) $(BIN)/pytest tests/ha -p no:cacheprovider -v -s
+
+$(HA_VENV)/.installed:
+	[ -x $(HA_PYTHON) ] || { echo "Home Assistant needs Python 3.13: set HA_PYTHON"; exit 1; }
+	[ -x $(HA_VENV)/bin/python ] || $(HA_PYTHON) -m venv $(HA_VENV)
+	$(HA_VENV)/bin/pip install -q $(HA_PACKAGES)
+	touch $@
 
 check: $(STAMP) test-deps
 	$(BIN)/ruff check .
