@@ -268,18 +268,18 @@ def assert_no_replayed_value(
 
 
 def old_value_shown(rig: Rig, events: list[tuple[int, Any, float]]) -> float:
-    """How long HA showed its pre-outage temperature again when the agent came back (s)."""
+    """How long HA showed its pre-outage temperature again when the agent came back, in
+    seconds of HA's own event times (0 when it did not)."""
     entity_id = rig.sensor_entity("temperature")
     changes = [
-        (e["data"]["new_state"]["state"], at)
-        for _, e, at in events
+        (e["data"]["new_state"]["state"], datetime.fromisoformat(e["time_fired"]))
+        for _, e, _ in events
         if e["data"]["entity_id"] == entity_id and e["data"]["new_state"] is not None
     ]
-    for (before, _), (state, at), (_, next_at) in zip(
-        changes, changes[1:], changes[2:], strict=False
-    ):
-        if before == "unavailable" and state not in NOT_A_VALUE:
-            return next_at - at
+    for i in range(1, len(changes) - 2):
+        (old, _), (gone, _), (back, at), (_, next_at) = changes[i - 1 : i + 3]
+        if gone == "unavailable" and back == old:
+            return (next_at - at).total_seconds()
     return 0.0
 
 
