@@ -1,9 +1,23 @@
 """The one module that owns the paho client (STYLE 2).
 
-A network thread of our own drives paho (``client.loop()``) so that reconnects follow
-our backoff: exponential, with full jitter, bounded by ``reconnect.max_delay`` - a fleet
-must not reconnect in lock-step after a broker restart. Paho's callbacks never act: they
-hand events to the asyncio loop with ``call_soon_threadsafe`` and return (STYLE 3).
+One thread does all the I/O: paho runs on the agent's asyncio loop through its
+external-loop API. The loop watches paho's socket (``loop.add_reader``; ``add_writer``
+only while the kernel's send buffer is full) and calls ``loop_read``/``loop_write``
+itself; a timer calls ``loop_misc`` and the link watchdog when one of their deadlines is
+due, and at no other time. A publish is written to the socket by the call that made it
+(a reading, a command's state), before it returns; a command arrives in the same loop
+callback that read it from the socket. paho's callbacks never act: they record an event
+and return, and the events are handed to the agent right after paho's read or write call
+has returned (a publish made inside that handling is written at once). No thread hop, no
+self-pipe, no lock.
+
+Only the TCP connect and the TLS handshake (and the DNS lookup) block, so each connection
+attempt runs paho's ``connect()`` in a short-lived thread of its own (:func:`_in_thread`),
+which ends as soon as the socket is connected and the CONNECT queued; then the loop takes
+the socket over. paho's ``connect()`` is the only public way to have paho make its socket;
+the thread costs a few hundred microseconds per attempt, and nothing while connected.
+Reconnects follow our backoff: exponential, with full jitter, bounded by
+``reconnect.max_delay`` - a fleet must not reconnect in lock-step after a broker restart.
 
 Every connection attempt gets a fresh paho ``Client``: paho keeps unacknowledged QoS>0
 messages in memory and resends them after a reconnect, but the agent's outbox
@@ -15,9 +29,15 @@ duplicate its in-flight window; a fresh client carries nothing over. The broker 
 queue in memory.
 
 A dead link that still looks open (a blackhole: a Wi-Fi gone quiet, a NAT that forgot us)
-is noticed within 1.5 x keepalive by a watchdog on the network thread (see
-:meth:`Transport._watch_link`); paho alone would take up to 2 x keepalive. Connection
-errors are logged once, as a sentence naming the setting to check, not once per retry.
+is noticed within 1.5 x keepalive by the link watchdog (see :meth:`Transport._watch_link`);
+paho alone would take up to 2 x keepalive. Connection errors are logged once, as a
+sentence naming the setting to check, not once per retry.
+
+Where later protocol work belongs: a DISCONNECT from the broker arrives in
+:meth:`Transport._on_disconnect` (``flags.is_disconnect_packet_from_server``, its reason
+code: 0x8E "Session taken over" is another client with our id); the broker's CONNACK
+properties (MQTT 5 ``MaximumPacketSize``, ``ReceiveMaximum``) in
+:meth:`Transport._on_connect`, and every outgoing message passes :meth:`Transport.publish`.
 """
 
 from __future__ import annotations
@@ -31,8 +51,10 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -50,9 +72,6 @@ PING_AFTER_KEEPALIVES = 0.5
 #: Without a packet from the broker for this many keepalives, the connection is given up.
 #: (The broker, for its part, gives us up after 1.5 x keepalive of silence: MQTT 3.1.2.10.)
 DEAD_AFTER_KEEPALIVES = 1.5
-
-# paho logs every packet it receives as "Received <TYPE> ..." (see Transport._on_log).
-_RECEIVED = "Received "
 
 # CONNACK refusals (MQTT 5 reason codes; paho maps MQTT 3.1.1 return codes onto them) as
 # sentences that say what to check.
@@ -141,21 +160,70 @@ def backoff_delay(attempt: int, *, min_delay: float, max_delay: float, rng: rand
     return max(0.05, rng.uniform(0, cap))
 
 
-def _quickack(client: paho.Client) -> None:
-    """Acknowledge the broker's last TCP segment (a PUBACK, usually) now, not after the
-    kernel's delayed ACK (up to 40 ms). A broker with Nagle's algorithm on - mosquitto's
-    default - holds its next packet to us, a command say, until that ACK comes: measured
-    as a ~35 ms command round trip whenever commands follow our QoS 1 publishes closely
-    (tests/bench/RESULTS.md, B3). Linux only; elsewhere nothing happens."""
-    option = getattr(socket, "TCP_QUICKACK", None)
-    sock = client.socket()
-    if option is not None and isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+_T = TypeVar("_T")
+
+#: Least time between two timer wake-ups of the watchdog (a deadline just passed).
+_MIN_TICK_S = 0.05
+
+
+def _in_thread(
+    loop: asyncio.AbstractEventLoop, work: Callable[[], _T], *, abandoned: Callable[[], None]
+) -> asyncio.Future[_T]:
+    """Run ``work`` in a thread of its own; its result (or error) on ``loop``.
+
+    A thread per call rather than an executor: it exists only while ``work`` blocks (one
+    connect), so an agent that is connected has no idle thread at all. If the future was
+    cancelled by the time ``work`` returns, ``abandoned`` runs on the loop instead.
+    """
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if future.cancelled():
+            abandoned()
+            return
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: _T | None = None
+        error: BaseException | None = None
+        try:
+            result = work()
+        except BaseException as e:  # handed to the awaiting coroutine
+            error = e
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="mqtt-connect", daemon=True).start()
+    return future
+
+
+class _PahoErrors(logging.Logger):
+    """paho's logger: keeps the first error of a connection attempt, formats nothing else.
+
+    paho says why a socket failed (a TLS alert, a reset) only in its log. Its ``on_log``
+    callback would format every log line (each packet sent and received, payloads
+    included); a logger is asked only for its level first.
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        super().__init__("agent.mqtt.paho", logging.ERROR)
+        self._transport = transport
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if level >= logging.ERROR and self._transport._socket_error is None:
+            # The first error of an attempt is the cause, later ones are consequences.
+            self._transport._socket_error = str(msg) % args if args else str(msg)
 
 
 class Transport:
-    """A supervised MQTT connection.
+    """A supervised MQTT connection, driven from the asyncio loop that created it.
+
+    Every method runs on ``loop``; events are delivered on it.
 
     Args:
         settings: the ``mqtt`` section of the config.
@@ -177,9 +245,9 @@ class Transport:
         self.settings = settings
         self._events = events
         self._loop = loop
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._connected = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._connected = False
+        self._stopping = False
         self._rng = random.Random()
         self._last_error: str | None = None
         self.v5 = settings.protocol == "5"
@@ -187,15 +255,23 @@ class Transport:
         self.connects = 0
         self._client_id = client_id
         self._will = will
-        # Held while publishing and while swapping in a fresh client, so that a publish
-        # never lands in a client that is not (or no longer) the connected one.
-        self._publish_lock = threading.Lock()
-        # The shortest the network thread sleeps, and its tick without the watchdog.
-        self._tick_s = min(1.0, settings.keepalive / 10)
         self._watchdog = True
-        # What happened to the current connection attempt (network thread only).
+        self._paho_log = _PahoErrors(self)
+        # The socket the loop watches (None between connections), and its state.
+        self._sock: Any = None
+        self._writer_on = False  # add_writer is active: the send buffer was full
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = asyncio.Event()  # the current connection's socket is closed
+        # Events from paho's callbacks, handed to the agent after paho's call returns.
+        self._pending: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._delivering = False
+        self._delivery_scheduled = False
+        self._acked_in_read = False  # a PUBACK/PUBCOMP came in this read: quick ACK
+        self._ack_waiters: dict[int, asyncio.Future[bool]] = {}
+        # What happened to the current connection attempt.
         self._got_connack = False
         self._last_in = time.monotonic()  # when the broker last sent us anything
+        self._last_out = time.monotonic()  # when we last wrote to the socket
         self._ping_sent_at: float | None = None  # our PINGREQ, unanswered so far
         self._drop_reason: str | None = None
         self._socket_error: str | None = None
@@ -228,8 +304,9 @@ class Transport:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_socket_register_write
-        client.on_log = self._on_log
+        client.enable_logger(self._paho_log)
         if self._watchdog and not callable(getattr(client, "_send_pingreq", None)):
             self._watchdog = False
             log.warning(
@@ -245,32 +322,29 @@ class Transport:
             client._last_mid = previous._last_mid
         return client
 
-    # -- paho callbacks: copy, hand over, return ----------------------------------------
+    # -- paho callbacks: record, return -------------------------------------------------
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        # On the connect thread, before the loop takes the socket over (see _attach).
         # Nagle + delayed ACKs stall a command round trip ~40 ms (ENV-NOTES).
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        """Nothing to do: its presence alone keeps paho from writing on the caller's thread.
+        """Nothing to do: its presence alone keeps paho from writing inside ``publish()``.
 
-        Without it, paho's ``publish()`` (called on the asyncio thread) writes to the socket
-        itself while the network thread may be writing too: two threads then interleave
-        packets (out of order) and, on a TLS socket, corrupt the stream (the broker drops
-        the connection with "Protocol error"). With it, ``publish()`` only queues and wakes
-        ``loop()``, and every write happens on the network thread.
+        Every call into paho that can queue a packet (publish, subscribe, disconnect,
+        ``loop_read`` with its acknowledgements, ``loop_misc`` with its pings) is followed
+        by :meth:`_write_now`, which writes at once and watches the socket for writability
+        only when the kernel's buffer is full. Without this callback paho would write from
+        inside ``publish()`` - also inside its own callbacks, where its ``loop_write``
+        deadlocks on a lock it already holds.
         """
 
-    def _on_log(self, client: paho.Client, userdata: Any, level: int, buf: str) -> None:
-        if buf.startswith(_RECEIVED):
-            # A packet from the broker, PINGRESP included: paho's only report of a
-            # PINGRESP, and more truthful than its private "last received" time, which
-            # its own keepalive check resets without anything having arrived.
-            self._last_in = time.monotonic()
-        elif level == paho.MQTT_LOG_ERR and self._socket_error is None:
-            # paho says why a socket failed (a TLS alert, a reset) only in its log; the
-            # first error of an attempt is the cause, later ones are consequences.
-            self._socket_error = buf
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        """paho is about to close the socket (connection lost, or our DISCONNECT sent)."""
+        if client is not self.client or sock is not self._sock:
+            return  # a connect thread's socket that the loop never took over
+        self._detach()
 
     def _on_connect(
         self,
@@ -280,6 +354,8 @@ class Transport:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        # The broker's CONNACK properties (MQTT 5: MaximumPacketSize, ReceiveMaximum,
+        # assigned keepalive) are in ``properties``.
         self._got_connack = True
         if reason_code.is_failure:
             self._report(
@@ -290,10 +366,10 @@ class Transport:
             return
         self._last_error = None
         self.connects += 1
-        self._connected.set()
+        self._connected = True
         for topic, qos in self.subscriptions:
-            self._subscribe(topic, qos)
-        self._loop.call_soon_threadsafe(self._events.connected, bool(flags.session_present))
+            self._subscribe(topic, qos)  # queued; written when loop_read returns
+        self._pending.append((self._events.connected, (bool(flags.session_present),)))
 
     def _on_disconnect(
         self,
@@ -303,8 +379,10 @@ class Transport:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        was_connected = self._connected.is_set()
-        self._connected.clear()
+        # A DISCONNECT packet from the broker has flags.is_disconnect_packet_from_server
+        # and its reason (MQTT 5; 0x8E "Session taken over": another client with our id).
+        was_connected = self._connected
+        self._connected = False
         self._closed_reason = str(reason_code)
         if not was_connected:
             return
@@ -314,7 +392,7 @@ class Transport:
             reason = "the broker did not answer a ping: the link is dead or blackholed"
         else:
             reason = str(reason_code)
-        self._loop.call_soon_threadsafe(self._events.disconnected, reason)
+        self._pending.append((self._events.disconnected, (reason,)))
 
     def _on_publish(
         self,
@@ -324,8 +402,12 @@ class Transport:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        _quickack(client)
-        self._loop.call_soon_threadsafe(self._events.published, mid, not reason_code.is_failure)
+        ok = not reason_code.is_failure
+        self._acked_in_read = True
+        waiter = self._ack_waiters.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(ok)
+        self._pending.append((self._events.published, (mid, ok)))
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         message = IncomingMessage(
@@ -335,93 +417,161 @@ class Transport:
             retain=bool(msg.retain),
             properties=getattr(msg, "properties", None),
         )
-        self._loop.call_soon_threadsafe(self._events.message, message)
+        self._pending.append((self._events.message, (message,)))
 
-    # -- the network thread -----------------------------------------------------------
-    def start(self) -> None:
-        """Connect in the background; returns at once (the broker may be down)."""
-        self._thread = threading.Thread(target=self._run, name="mqtt-network", daemon=True)
-        self._thread.start()
+    # -- the loop's side of the socket -------------------------------------------------
+    def _attach(self, client: paho.Client) -> None:
+        """Take the socket of a connect that just succeeded over: read, write, time."""
+        sock = client.socket()
+        if sock is None:  # paho closed it already
+            self._closed.set()
+            return
+        self._sock = sock
+        now = time.monotonic()
+        self._last_in = self._last_out = now
+        self._loop.add_reader(sock, self._on_readable)
+        # The CONNECT goes out when the loop next polls, after anything already there is
+        # read: a broker that refuses us just after the TLS handshake (TLS 1.3, no client
+        # certificate) has sent its alert and closed, and a write to the closed socket
+        # would make the kernel discard the alert on the reset that answers it.
+        self._loop.add_writer(sock, self._on_writable)
+        self._writer_on = True
+        self._schedule_tick()
 
-    def _connect_once(self) -> None:
-        s = self.settings
-        self._got_connack = False
-        self._drop_reason = self._socket_error = self._closed_reason = None
-        self._last_in, self._ping_sent_at = time.monotonic(), None
-        with self._publish_lock:
-            self.client = self._make_client(self._client_id, self._will)
-        if self.v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = int(s.session_expiry)
-            self.client.connect(
-                s.host, s.effective_port, s.keepalive, clean_start=False, properties=props
-            )
-        else:
-            self.client.connect(s.host, s.effective_port, s.keepalive)
+    def _detach(self) -> None:
+        """Stop watching the socket (paho closes it, or :meth:`_abandon` does)."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            self._loop.remove_reader(sock)
+            if self._writer_on:
+                self._loop.remove_writer(sock)
+        self._writer_on = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for waiter in self._ack_waiters.values():
+            if not waiter.done():
+                waiter.set_result(False)
+        self._ack_waiters.clear()
+        self._closed.set()
 
-    def _run(self) -> None:
-        attempt = 0
-        s = self.settings
-        while not self._stop.is_set():
-            try:
-                self._connect_once()
-            except ssl.SSLCertVerificationError as e:
-                check = "mqtt.host" if "mismatch" in str(e.verify_message) else "mqtt.tls.ca_certs"
-                self._report(
-                    f"TLS: the certificate of the broker at {s.host}:{s.effective_port} is not"
-                    f" trusted ({e.verify_message}; check {check}); not connecting without TLS"
-                )
-            except ssl.SSLError as e:
-                self._report(self._tls_failed(str(e)))
-            except (OSError, ValueError) as e:
-                self._report(f"cannot connect to {s.host}:{s.effective_port}: {e}")
-            else:
-                self._serve()
-                if self._stop.is_set():
-                    break
-                if not self._got_connack:
-                    self._report(self._closed_before_connack())
-                attempt = 0 if self.connects and self._last_error is None else attempt
-            delay = backoff_delay(
-                attempt,
-                min_delay=s.reconnect.min_delay,
-                max_delay=s.reconnect.max_delay,
-                rng=self._rng,
-            )
-            attempt += 1
-            self._stop.wait(delay)
+    def _on_readable(self) -> None:
+        client = self.client
+        sock = self._sock
+        self._acked_in_read = False
+        rc = client.loop_read()
+        # TLS: a record may hold more than paho read; the kernel will not say so again.
+        while (
+            rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+            and self._sock is sock
+            and isinstance(sock, ssl.SSLSocket)
+            and sock.pending()
+        ):
+            rc = client.loop_read()
+        self._last_in = time.monotonic()
+        if self._acked_in_read:
+            self._quickack()
+        self._after_paho()
 
-    def _serve(self) -> None:
-        """Drive paho until the connection ends (or we stop)."""
-        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-        while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            rc = self.client.loop(timeout=self._next_tick())
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._watchdog:
-                self._watch_link()
-        if self._stop.is_set():
-            self.client.loop_write()  # the DISCONNECT that stop() queued, if still unsent
-        if self._connected.is_set():
-            self._on_disconnect(
-                self.client,
-                None,
-                paho.DisconnectFlags(False),
-                ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"),
-                None,
-            )
+    def _on_writable(self) -> None:
+        self._write_now()
+        self._after_paho()
+
+    def _write_now(self) -> None:
+        """Write what paho has queued, now; watch for writability only if the kernel's
+        send buffer is full."""
+        client = self.client
+        if self._sock is None or not client.want_write():
+            return
+        client.loop_write()
+        self._last_out = time.monotonic()
+        sock = self._sock
+        if sock is None:
+            return  # the write found the connection lost (or sent our DISCONNECT)
+        if client.want_write():
+            if not self._writer_on:
+                self._loop.add_writer(sock, self._on_writable)
+                self._writer_on = True
+        elif self._writer_on:
+            self._loop.remove_writer(sock)
+            self._writer_on = False
+
+    def _after_paho(self) -> None:
+        """After a call into paho from the loop: write what it queued, hand events over."""
+        self._write_now()
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand the recorded events to the agent, in order; what they publish is written
+        at once, and the events that causes are handed over in the same turn."""
+        self._delivery_scheduled = False
+        if self._delivering:
+            return  # the outer call goes on with what was added
+        self._delivering = True
+        try:
+            while self._pending:
+                handler, args = self._pending.popleft()
+                try:
+                    handler(*args)
+                except Exception:
+                    log.exception("handling the MQTT event %s failed", handler.__name__)
+        finally:
+            self._delivering = False
+
+    def _schedule_delivery(self) -> None:
+        """Events caused inside a caller's ``publish()`` (a QoS 0 message written) are
+        handed over after that caller is done: it has not recorded the message id yet."""
+        if self._pending and not self._delivering and not self._delivery_scheduled:
+            self._delivery_scheduled = True
+            self._loop.call_soon(self._deliver)
+
+    def _quickack(self) -> None:
+        """Acknowledge the broker's last TCP segment (a PUBACK, usually) now, not after
+        the kernel's delayed ACK (up to 40 ms). A broker with Nagle's algorithm on -
+        mosquitto's default - holds its next packet to us, a command say, until that ACK
+        comes: measured as a ~35 ms command round trip whenever commands follow our QoS 1
+        publishes closely (tests/bench/RESULTS.md, B3). Once per read that brought an
+        acknowledgement. Linux only; elsewhere nothing happens."""
+        option = getattr(socket, "TCP_QUICKACK", None)
+        sock = self._sock
+        if option is not None and isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+
+    # -- timers: paho's keepalive and the link watchdog, only when due ----------------
+    def _schedule_tick(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(self._next_tick(), self._on_tick)
 
     def _next_tick(self) -> float:
-        """How long ``loop()`` may wait for the socket: until the watchdog's next
-        deadline (a ping after keepalive/2 of silence, the drop after 1.5 x keepalive),
-        and at least every keepalive/4 so that paho's own keepalive ping is never late by
-        more than that. A publish or a stop wakes ``loop()`` earlier through paho's
-        socket pair. An idle link so wakes a few times per keepalive, not every second."""
-        if not self._watchdog:
-            return self._tick_s
+        """Seconds until the next thing is due, and no sooner.
+
+        paho's ``loop_misc`` has two deadlines: a PINGREQ once we have sent nothing for a
+        keepalive, and its check of the broker's silence a keepalive after the last bytes
+        came. The watchdog has two: a ping after keepalive / 2 of silence, the drop after
+        1.5 x keepalive. Traffic only moves them later, so a tick that comes early just
+        computes the next one; an idle healthy link wakes once per ping (every half
+        keepalive) and for the PINGRESP.
+        """
         keepalive = self.settings.keepalive
-        silent_s = time.monotonic() - self._last_in
-        pinged = self._ping_sent_at is not None and self._ping_sent_at >= self._last_in
-        deadline = (DEAD_AFTER_KEEPALIVES if pinged else PING_AFTER_KEEPALIVES) * keepalive
-        return min(max(deadline - silent_s, 0.05), max(keepalive / 4, self._tick_s))
+        due = min(self._last_out, self._last_in) + keepalive
+        if self._watchdog:
+            pinged = self._ping_sent_at is not None and self._ping_sent_at >= self._last_in
+            after = DEAD_AFTER_KEEPALIVES if pinged else PING_AFTER_KEEPALIVES
+            due = min(due, self._last_in + after * keepalive)
+        return max(due - time.monotonic(), _MIN_TICK_S)
+
+    def _on_tick(self) -> None:
+        self._timer = None
+        if self._sock is None:
+            return
+        self.client.loop_misc()
+        if self._sock is not None and self._watchdog:
+            self._watch_link()
+        self._after_paho()
+        if self._sock is not None:
+            self._schedule_tick()
 
     def _watch_link(self) -> None:
         """Ping a quiet broker early; give a silent one up after 1.5 x keepalive.
@@ -436,11 +586,10 @@ class Transport:
         paho's own check, which drops a connection whose PINGREQ stayed unanswered for a
         keepalive, may get there first (1.5 x keepalive too, counted from our ping).
 
-        What arrives is seen through paho's log callback (:meth:`_on_log`). Sending a
-        PINGREQ has no public API: this calls paho's private ``_send_pingreq``, there
-        throughout paho 1.x and 2.x (pyproject pins ``<3``), on this thread, the one whose
-        ``loop()`` calls it in paho. ``_make_client`` turns the watchdog off with a
-        warning if it vanishes, and the blackhole test in
+        What arrives is seen by the reader (:meth:`_on_readable`). Sending a PINGREQ has
+        no public API: this calls paho's private ``_send_pingreq``, there throughout paho
+        1.x and 2.x (pyproject pins ``<3``). ``_make_client`` turns the watchdog off with
+        a warning if it vanishes, and the blackhole test in
         tests/e2e/test_store_and_forward.py fails.
         """
         keepalive = self.settings.keepalive
@@ -454,19 +603,104 @@ class Transport:
                 )
         elif (
             silent_s >= PING_AFTER_KEEPALIVES * keepalive
-            and self._connected.is_set()
+            and self._connected
             and (self._ping_sent_at is None or self._ping_sent_at < self._last_in)
         ):
             self._ping_sent_at = now
             self.client._send_pingreq()
 
     def _drop(self, reason: str) -> None:
-        """Shut the socket: paho's next read sees the connection lost."""
+        """Shut the socket: paho's next read (at once: the socket is readable) sees the
+        connection lost."""
         self._drop_reason = reason
-        sock = self.client.socket()
+        sock = self._sock
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    # -- connecting --------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background; returns at once (the broker may be down)."""
+        self._task = self._loop.create_task(self._run(), name="mqtt")
+
+    def _blocking_connect(self, client: paho.Client) -> None:
+        """paho's connect (DNS, TCP, TLS handshake, CONNECT queued): on the connect thread,
+        bounded by paho's connect timeout (5 s)."""
+        s = self.settings
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = int(s.session_expiry)
+            client.connect(
+                s.host, s.effective_port, s.keepalive, clean_start=False, properties=props
+            )
+        else:
+            client.connect(s.host, s.effective_port, s.keepalive)
+
+    async def _connect_once(self) -> None:
+        self._got_connack = False
+        self._drop_reason = self._socket_error = self._closed_reason = None
+        self._ping_sent_at = None
+        self._closed = asyncio.Event()
+        client = self.client = self._make_client(self._client_id, self._will)
+        # Stopped while connecting: when the thread is done, its socket is closed.
+        await _in_thread(
+            self._loop,
+            lambda: self._blocking_connect(client),
+            abandoned=lambda: _close_socket(client),
+        )
+        self._attach(client)
+
+    async def _run(self) -> None:
+        attempt = 0
+        s = self.settings
+        try:
+            while True:
+                try:
+                    await self._connect_once()
+                except ssl.SSLCertVerificationError as e:
+                    check = (
+                        "mqtt.host" if "mismatch" in str(e.verify_message) else "mqtt.tls.ca_certs"
+                    )
+                    self._report(
+                        f"TLS: the certificate of the broker at {s.host}:{s.effective_port} is"
+                        f" not trusted ({e.verify_message}; check {check}); not connecting"
+                        " without TLS"
+                    )
+                except ssl.SSLError as e:
+                    self._report(self._tls_failed(str(e)))
+                except (OSError, ValueError) as e:
+                    self._report(f"cannot connect to {s.host}:{s.effective_port}: {e}")
+                else:
+                    await self._closed.wait()
+                    if not self._got_connack:
+                        self._report(self._closed_before_connack())
+                    attempt = 0 if self.connects and self._last_error is None else attempt
+                delay = backoff_delay(
+                    attempt,
+                    min_delay=s.reconnect.min_delay,
+                    max_delay=s.reconnect.max_delay,
+                    rng=self._rng,
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+        finally:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Close a connection that did not end by itself (a stop that could not send its
+        DISCONNECT); the agent hears of it like of any lost connection."""
+        if self._sock is not None:
+            self._detach()
+            _close_socket(self.client)
+        if self._connected:
+            self._on_disconnect(
+                self.client,
+                None,
+                paho.DisconnectFlags(False),
+                ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"),
+                None,
+            )
+        self._deliver()
 
     def _client_certificate_hint(self, detail: str) -> str:
         tls = self.settings.tls
@@ -518,12 +752,12 @@ class Transport:
     # -- used by the agent ------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self._connected
 
     @property
     def alive(self) -> bool:
-        """The network thread runs (connected or reconnecting)."""
-        return self._thread is not None and self._thread.is_alive()
+        """The transport runs (connected or reconnecting)."""
+        return self._task is not None and not self._task.done()
 
     def publish(
         self,
@@ -534,7 +768,8 @@ class Transport:
         retain: bool,
         correlation_data: bytes | None = None,
     ) -> int | None:
-        """Send a message on the current connection.
+        """Send a message on the current connection: written to the socket before this
+        returns (unless the kernel's send buffer is full, or paho's in-flight window).
 
         ``correlation_data`` (MQTT 5 only) is echoed to a requester that asked for a reply
         on its response topic.
@@ -545,16 +780,15 @@ class Transport:
             A message sent on a connection that is lost before its acknowledgement is
             never resent by the transport: the next connection uses a fresh client.
         """
-        with self._publish_lock:
-            if not self._connected.is_set():
-                return None
-            properties = None
-            if correlation_data is not None and self.v5:
-                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                properties.CorrelationData = correlation_data
-            info = self.client.publish(
-                topic, payload, qos=qos, retain=retain, properties=properties
-            )
+        if not self._connected:
+            return None
+        properties = None
+        if correlation_data is not None and self.v5:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.CorrelationData = correlation_data
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        self._write_now()
+        self._schedule_delivery()
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None
         return info.mid
@@ -564,6 +798,7 @@ class Transport:
         self.subscriptions.append((topic, qos))
         if self.connected:
             self._subscribe(topic, qos)
+            self._write_now()
 
     def _subscribe(self, topic: str, qos: int) -> None:
         if self.v5:
@@ -573,17 +808,34 @@ class Transport:
         else:
             self.client.subscribe(topic, qos)
 
-    def stop(self, *, last: tuple[str, bytes] | None = None, timeout: float = 3.0) -> None:
-        """Publish ``last`` (topic, payload; retained, QoS 1) if connected, disconnect
-        cleanly, and end the network thread."""
-        if last is not None and self.connected:
-            info = self.client.publish(last[0], last[1], qos=1, retain=True)
-            try:
-                info.wait_for_publish(timeout)
-            except RuntimeError:
+    async def stop(self, *, last: tuple[str, bytes] | None = None, timeout: float = 3.0) -> None:
+        """Publish ``last`` (topic, payload; retained, QoS 1) if connected and wait for its
+        acknowledgement, disconnect cleanly, and end the transport."""
+        self._stopping = True
+        if last is not None and self._connected:
+            mid = self.publish(last[0], last[1], qos=1, retain=True)
+            acked = False
+            if mid is not None:
+                waiter = self._ack_waiters[mid] = self._loop.create_future()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        acked = await waiter
+            if not acked:
                 log.warning("could not publish %s before stopping", last[0])
-        self.client.disconnect()  # queued; the network thread sends it
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        if self._sock is not None:
+            self.client.disconnect()
+            self._after_paho()  # sends the DISCONNECT; paho then closes the socket
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._deliver()
+
+
+def _close_socket(client: paho.Client) -> None:
+    """Close the socket of a client the loop does not (or no longer) watch."""
+    sock = client.socket()
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()

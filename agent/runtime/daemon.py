@@ -237,7 +237,7 @@ class Agent(TransportEvents):
             await outbox.drain(DRAIN_ON_STOP_S)
             current, status = self._transport, self.topics.status
             assert current is not None
-            await loop.run_in_executor(None, lambda: current.stop(last=(status, OFFLINE)))
+            await current.stop(last=(status, OFFLINE))
             await asyncio.sleep(0)
             outbox.close()
             outputs.close()
@@ -475,9 +475,7 @@ class Agent(TransportEvents):
         self.connected_since = None
         self._outbox.disconnected()  # its unacknowledged readings go to the store
         self.outputs.disconnected()
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: old.stop(last=(old_topics.status, OFFLINE))
-        )
+        await old.stop(last=(old_topics.status, OFFLINE))
         transport = self._new_transport()
         self._outbox.use_sender(transport)
         transport.start()
