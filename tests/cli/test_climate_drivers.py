@@ -15,11 +15,17 @@ sensors:
     driver: sht3x
     address: 0x45
     simulation: {temperature: 23.45, humidity: 55.5}
+  bedroom:
+    driver: sht4x
+    address: 0x46
+    precision: low
+    simulation: {temperature: -3.21, humidity: 99.99}
 """
 
 #: What each sensor must read: the constants, to the chip's resolution.
 EXPECTED = {
     "bench": {"temperature": 23.45, "humidity": 55.5},
+    "bedroom": {"temperature": -3.21, "humidity": 99.99},
 }
 
 
@@ -28,6 +34,7 @@ def test_drivers_lists_each_climate_driver_with_its_sample() -> None:
     assert result.returncode == 0, result.stderr
     assert "\nsht3x (sensor, built-in): Sensirion SHT30/SHT31/SHT35" in result.stdout
     assert "repeatability: high" in result.stdout
+    assert "\nsht4x (sensor): Sensirion SHT40/SHT41/SHT43/SHT45" in result.stdout
 
 
 def test_read_simulate_gives_each_climate_sensors_constants_back(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ CONFIG = """\
 device_id: gh1
 sensors:
   leaf: {driver: sht3x}
+  bed: {driver: sht4x}
 homeassistant: {discovery: true}
 """
 
@@ -31,6 +32,8 @@ def cmps() -> dict[str, dict[str, Any]]:
     [
         ("leaf_temperature", "°C", "temperature"),
         ("leaf_humidity", "%", "humidity"),
+        ("bed_temperature", "°C", "temperature"),
+        ("bed_humidity", "%", "humidity"),
     ],
 )
 def test_each_quantity_has_its_home_assistant_unit_and_class(
