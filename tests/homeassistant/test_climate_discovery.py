@@ -17,6 +17,7 @@ device_id: gh1
 sensors:
   leaf: {driver: sht3x}
   bed: {driver: sht4x}
+  box: {driver: aht20}
 homeassistant: {discovery: true}
 """
 
@@ -34,6 +35,8 @@ def cmps() -> dict[str, dict[str, Any]]:
         ("leaf_humidity", "%", "humidity"),
         ("bed_temperature", "°C", "temperature"),
         ("bed_humidity", "%", "humidity"),
+        ("box_temperature", "°C", "temperature"),
+        ("box_humidity", "%", "humidity"),
     ],
 )
 def test_each_quantity_has_its_home_assistant_unit_and_class(
