@@ -23,6 +23,10 @@ sensors:
   cupboard:
     driver: aht20
     simulation: {temperature: 17.77, humidity: 64.5}
+  office:
+    driver: scd4x
+    altitude: 520
+    simulation: {co2: 1234, temperature: 23.5, humidity: 38.25}
 """
 
 #: What each sensor must read: the constants, to the chip's resolution.
@@ -30,6 +34,7 @@ EXPECTED = {
     "bench": {"temperature": 23.45, "humidity": 55.5},
     "bedroom": {"temperature": -3.21, "humidity": 99.99},
     "cupboard": {"temperature": 17.77, "humidity": 64.5},
+    "office": {"co2": 1234, "temperature": 23.5, "humidity": 38.25},
 }
 
 
@@ -38,6 +43,8 @@ def test_drivers_lists_each_climate_driver_with_its_sample() -> None:
     assert result.returncode == 0, result.stderr
     assert "\nsht3x (sensor, built-in): Sensirion SHT30/SHT31/SHT35" in result.stdout
     assert "repeatability: high" in result.stdout
+    assert "\nscd4x (sensor): Sensirion SCD40/SCD41" in result.stdout
+    assert "co2 [ppm], resolution 1" in result.stdout
     assert "\naht20 (sensor): Aosong AHT20" in result.stdout
     assert "\nsht4x (sensor): Sensirion SHT40/SHT41/SHT43/SHT45" in result.stdout
 

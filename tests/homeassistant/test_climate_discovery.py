@@ -18,6 +18,7 @@ sensors:
   leaf: {driver: sht3x}
   bed: {driver: sht4x}
   box: {driver: aht20}
+  office: {driver: scd4x}
 homeassistant: {discovery: true}
 """
 
@@ -37,6 +38,9 @@ def cmps() -> dict[str, dict[str, Any]]:
         ("bed_humidity", "%", "humidity"),
         ("box_temperature", "°C", "temperature"),
         ("box_humidity", "%", "humidity"),
+        ("office_co2", "ppm", "carbon_dioxide"),
+        ("office_temperature", "°C", "temperature"),
+        ("office_humidity", "%", "humidity"),
     ],
 )
 def test_each_quantity_has_its_home_assistant_unit_and_class(
