@@ -64,8 +64,8 @@ _POLL_INTERVAL_S: Final = 0.010
 FULL_SCALE: Final = 1 << 20
 
 QUANTITIES: Final[Mapping[str, Quantity]] = {
-    "temperature": Quantity("°C", 0.01, "air temperature", "temperature"),
-    "humidity": Quantity("%RH", 0.024, "relative humidity", "humidity"),
+    "temperature": Quantity("°C", 0.01, "air temperature", "temperature", (-40.0, 85.0)),
+    "humidity": Quantity("%RH", 0.024, "relative humidity", "humidity", (0.0, 100.0)),
 }
 
 
@@ -269,7 +269,11 @@ class AHT20Options(SensorOptions, frozen=True, tag="aht20"):
 def open_aht20(options: AHT20Options, hardware: Hardware) -> AHT20:
     """An :class:`AHT20` on ``hardware``'s bus ``options.bus``."""
     return AHT20(
-        bus=hardware.i2c_bus(options.bus), address=options.address, resource=f"i2c-{options.bus}"
+        bus=hardware.i2c_bus(options.bus),
+        address=options.address,
+        resource=f"i2c-{options.bus}",
+        clock=hardware.monotonic,
+        sleep=hardware.sleep,
     )
 
 
@@ -379,6 +383,7 @@ def emulate_aht20(options: AHT20Options, hardware: SimulatedHardware) -> None:
     chip = EmulatedAHT20(
         temperature=signals["temperature"],
         humidity=signals["humidity"],
+        clock=hardware.monotonic,
         fail_rate=options.simulation.fail_rate,
         rng=rng,
     )

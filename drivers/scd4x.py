@@ -86,9 +86,9 @@ ALTITUDE_RANGE_M: Final = (0, 3000)
 PRESSURE_RANGE_HPA: Final = (700.0, 1200.0)
 
 QUANTITIES: Final[Mapping[str, Quantity]] = {
-    "co2": Quantity("ppm", 1, "CO₂ concentration", "carbon_dioxide"),
-    "temperature": Quantity("°C", 0.01, "temperature at the sensor", "temperature"),
-    "humidity": Quantity("%RH", 0.01, "relative humidity at the sensor", "humidity"),
+    "co2": Quantity("ppm", 1, "CO₂ concentration", "carbon_dioxide", (400.0, 5000.0)),
+    "temperature": Quantity("°C", 0.01, "temperature at the sensor", "temperature", (-10.0, 60.0)),
+    "humidity": Quantity("%RH", 0.01, "relative humidity at the sensor", "humidity", (0.0, 95.0)),
 }
 
 
@@ -369,6 +369,8 @@ def open_scd4x(options: SCD4xOptions, hardware: Hardware) -> SCD4x:
         automatic_self_calibration=options.automatic_self_calibration,
         temperature_offset=options.temperature_offset,
         resource=f"i2c-{options.bus}",
+        clock=hardware.monotonic,
+        sleep=hardware.sleep,
     )
 
 
@@ -552,6 +554,7 @@ def emulate_scd4x(options: SCD4xOptions, hardware: SimulatedHardware) -> None:
         temperature=signals["temperature"],
         humidity=signals["humidity"],
         period_s=SIMULATED_PERIOD_S,
+        clock=hardware.monotonic,
         fail_rate=options.simulation.fail_rate,
         rng=rng,
     )

@@ -85,8 +85,8 @@ _TIMEOUT_EXTRA_S: Final = 0.005
 _POLL_INTERVAL_S: Final = 0.001
 
 QUANTITIES: Final[Mapping[str, Quantity]] = {
-    "temperature": Quantity("°C", 0.015, "air temperature", "temperature"),
-    "humidity": Quantity("%RH", 0.01, "relative humidity", "humidity"),
+    "temperature": Quantity("°C", 0.015, "air temperature", "temperature", (-40.0, 125.0)),
+    "humidity": Quantity("%RH", 0.01, "relative humidity", "humidity", (0.0, 100.0)),
 }
 
 
@@ -296,6 +296,8 @@ def open_sht3x(options: SHT3xOptions, hardware: Hardware) -> SHT3x:
         repeatability=options.repeatability,
         heater=options.heater,
         resource=f"i2c-{options.bus}",
+        clock=hardware.monotonic,
+        sleep=hardware.sleep,
     )
 
 
@@ -421,6 +423,7 @@ def emulate_sht3x(options: SHT3xOptions, hardware: SimulatedHardware) -> None:
     chip = EmulatedSHT3x(
         temperature=signals["temperature"],
         humidity=signals["humidity"],
+        clock=hardware.monotonic,
         fail_rate=options.simulation.fail_rate,
         rng=rng,
     )

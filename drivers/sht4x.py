@@ -64,8 +64,8 @@ _TIMEOUT_EXTRA_S: Final = 0.005
 _POLL_INTERVAL_S: Final = 0.001
 
 QUANTITIES: Final[Mapping[str, Quantity]] = {
-    "temperature": Quantity("°C", 0.01, "air temperature", "temperature"),
-    "humidity": Quantity("%RH", 0.01, "relative humidity", "humidity"),
+    "temperature": Quantity("°C", 0.01, "air temperature", "temperature", (-40.0, 125.0)),
+    "humidity": Quantity("%RH", 0.01, "relative humidity", "humidity", (0.0, 100.0)),
 }
 
 
@@ -215,6 +215,8 @@ def open_sht4x(options: SHT4xOptions, hardware: Hardware) -> SHT4x:
         address=options.address,
         precision=options.precision,
         resource=f"i2c-{options.bus}",
+        clock=hardware.monotonic,
+        sleep=hardware.sleep,
     )
 
 
@@ -314,6 +316,7 @@ def emulate_sht4x(options: SHT4xOptions, hardware: SimulatedHardware) -> None:
     chip = EmulatedSHT4x(
         temperature=signals["temperature"],
         humidity=signals["humidity"],
+        clock=hardware.monotonic,
         fail_rate=options.simulation.fail_rate,
         rng=rng,
     )

@@ -34,6 +34,7 @@ from drivers.errors import (
 from drivers.hardware import SimulatedHardware
 from drivers.sim.fake_smbus import CommandChip, FakeSMBus
 from drivers.sim.signal import SimulatedSignal
+from drivers.testing import check_driver
 from tests.drivers.fakeclock import FakeClock
 
 #: Frames read from real AHT20s (status, 20-bit RH, 20-bit T, CRC), published in write-ups
@@ -287,3 +288,7 @@ def test_simulate_gives_the_configured_constants_back_and_fails_only_transiently
                 kinds.add(type(e))
     assert kinds <= {BusError, ChecksumError}
     assert kinds
+
+
+def test_passes_the_conformance_kit() -> None:
+    check_driver(aht20.SPEC)

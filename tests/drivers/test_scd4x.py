@@ -21,6 +21,7 @@ from drivers.hardware import SimulatedHardware
 from drivers.scd4x import EmulatedSCD4x, SCD4x, SCD4xOptions, command
 from drivers.sim.fake_smbus import CommandChip, FakeSMBus, nack
 from drivers.sim.signal import SimulatedSignal
+from drivers.testing import check_driver
 from tests.drivers.fakeclock import FakeClock
 
 # The datasheet's examples (SCD4x datasheet, chapter 3), bytes as on the wire.
@@ -359,3 +360,15 @@ def test_a_simulated_fail_rate_gives_only_transient_errors() -> None:
         sensor.close()
     assert kinds
     assert kinds <= {BusError, ChecksumError}
+
+
+def test_passes_the_conformance_kit() -> None:
+    check_driver(scd4x.SPEC)
+
+
+def test_passes_the_conformance_kit_with_other_settings() -> None:
+    check_driver(scd4x.SPEC, options={"mode": "low_power", "interval": 60.0, "altitude": 1950})
+
+
+def test_single_shot_passes_the_conformance_kit() -> None:
+    check_driver(scd4x.SPEC, options={"model": "scd41", "mode": "single_shot", "interval": 300.0})

@@ -25,6 +25,7 @@ from drivers.sht4x import (
 )
 from drivers.sim.fake_smbus import CommandChip, FakeSMBus, nack
 from drivers.sim.signal import SimulatedSignal
+from drivers.testing import check_driver
 from tests.drivers.fakeclock import FakeClock
 
 
@@ -286,3 +287,11 @@ def test_a_fail_rate_gives_only_transient_errors() -> None:
             except TransientError as e:
                 kinds.add(type(e))
     assert kinds == {BusError, ChecksumError}
+
+
+def test_passes_the_conformance_kit() -> None:
+    check_driver(sht4x.SPEC)
+
+
+def test_passes_the_conformance_kit_with_other_settings() -> None:
+    check_driver(sht4x.SPEC, options={"precision": "medium", "address": 0x45})
