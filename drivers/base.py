@@ -253,6 +253,10 @@ class DriverSpec:
     #: The quantities of one configured sensor, when they depend on its options (an ADC
     #: whose ``map`` names its quantity); ``None``: always :attr:`quantities`.
     quantities_for: Callable[[Any], Mapping[str, Quantity]] | None = None
+    #: The chip measures relative humidity on the same die as ``temperature``: a
+    #: temperature correction then also corrects the humidity (the agent keeps the vapour
+    #: pressure the chip measured; ``humidity_follows_temperature``).
+    humidity_shares_die: bool = False
 
     def quantities_of(self, options: Any) -> Mapping[str, Quantity]:
         """The quantities a sensor configured with ``options`` reports."""

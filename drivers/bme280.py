@@ -736,6 +736,7 @@ SPEC = DriverSpec(
     quantities=QUANTITIES,
     sample=SAMPLE,
     i2c_addresses=(0x76, 0x77),
+    humidity_shares_die=True,
 )
 
 BMP280_SPEC = DriverSpec(

@@ -485,6 +485,7 @@ DHT22_SPEC = DriverSpec(
     quantities=quantities("dht22"),
     min_interval_s=MODELS["dht22"].min_interval_s,
     sample=SAMPLE_DHT22,
+    humidity_shares_die=True,
 )
 
 DHT11_SPEC = DriverSpec(
@@ -497,6 +498,7 @@ DHT11_SPEC = DriverSpec(
     quantities=quantities("dht11"),
     min_interval_s=MODELS["dht11"].min_interval_s,
     sample=SAMPLE_DHT11,
+    humidity_shares_die=True,
 )
 
 #: Both specs, for the registry.

@@ -16,6 +16,7 @@ from agent.config.model import Config
 from agent.config.validate import INVALID, Problems, convert, format_path
 from agent.config.yamlsource import KeyPath, Source, YAMLSyntaxError, parse
 from agent.errors import ConfigError, ConfigProblem
+from agent.filters.config import check_processing, processing_of
 from drivers.registry import DRIVERS
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
@@ -105,6 +106,7 @@ def _check_references(config: Config, problems: Problems) -> None:
                     f"{spec.name} has no quantity {key!r}; it has "
                     f"{', '.join(spec.quantities)} (and fail_rate)",
                 )
+        check_processing(("sensors", name), spec, processing_of(sensor), problems.add)
 
 
 def _resolve(config: Config, base_dir: Path, problems: Problems) -> Config:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 import msgspec
 
+from agent.filters.config import with_processing
 from drivers import registry
 from drivers.base import (
     InputOptions,
@@ -28,7 +29,11 @@ if TYPE_CHECKING:
     OutputConfig = OutputOptions
     InputConfig = InputOptions
 else:
-    SensorConfig = Union[tuple(s.options for s in registry.sensors()) or (SensorOptions,)]  # noqa: UP007
+    # Each driver's options, extended with the agent's per-sensor processing options
+    # (filters, derived, publish...; agent/filters/config.py).
+    SensorConfig = Union[  # noqa: UP007
+        tuple(with_processing(s.options, s.name) for s in registry.sensors()) or (SensorOptions,)
+    ]
     OutputConfig = Union[tuple(s.options for s in registry.outputs()) or (OutputOptions,)]  # noqa: UP007
     InputConfig = Union[tuple(s.options for s in registry.inputs()) or (InputOptions,)]  # noqa: UP007
 

@@ -8,6 +8,8 @@ import pytest
 
 from tests.support.mqtt import run_cli
 
+AIR = "sensors:\n  air:\n    driver: bme280\n"
+
 #: (id, YAML, expected line, expected key path, words the message must contain)
 BAD_CONFIGS: list[tuple[str, str, int, str, str]] = [
     ("unknown-top-key", "device_id: a\nsensorz: {}\n", 2, "sensorz", "unknown key"),
@@ -167,6 +169,107 @@ BAD_CONFIGS: list[tuple[str, str, int, str, str]] = [
         "maybe",
     ),
     ("health-listen", "health:\n  listen: nowhere\n", 2, "health.listen", "matching regex"),
+    (
+        "filter-unknown",
+        AIR + "    filters:\n      temperature:\n        - medain: {}\n",
+        6,
+        "sensors.air.filters.temperature[0].medain",
+        "did you mean `median`",
+    ),
+    (
+        "filter-window-size-zero",
+        AIR + "    filters:\n      temperature:\n        - offset: -1.2\n"
+        "        - median: {window_size: 0}\n",
+        7,
+        "sensors.air.filters.temperature[1].median.window_size",
+        ">= 1",
+    ),
+    (
+        "filter-send-first-at-after-send-every",
+        AIR + "    filters:\n      temperature:\n"
+        "        - median: {send_every: 2, send_first_at: 3}\n",
+        6,
+        "sensors.air.filters.temperature[0].median.send_first_at",
+        "not be greater than send_every",
+    ),
+    (
+        "filter-two-in-one-step",
+        AIR + "    filters:\n      temperature:\n        - {offset: 1, multiply: 2}\n",
+        6,
+        "sensors.air.filters.temperature[0]",
+        "got offset, multiply",
+    ),
+    (
+        "calibrate-linear-one-point",
+        AIR + "    filters:\n      humidity:\n        - calibrate_linear: [[30.0, 33.5]]\n",
+        6,
+        "sensors.air.filters.humidity[0].calibrate_linear",
+        "length >= 2",
+    ),
+    (
+        "calibrate-polynomial-too-few-points",
+        AIR + "    filters:\n      humidity:\n        - calibrate_polynomial:\n"
+        "            degree: 2\n            datapoints: [[0, 0], [1, 1]]\n",
+        8,
+        "sensors.air.filters.humidity[0].calibrate_polynomial.datapoints",
+        "at least 3 datapoints",
+    ),
+    (
+        "clamp-without-bounds",
+        AIR + "    filters:\n      humidity:\n        - clamp: {ignore_out_of_range: true}\n",
+        6,
+        "sensors.air.filters.humidity[0].clamp",
+        "min_value, max_value or both",
+    ),
+    (
+        "delta-not-a-percentage",
+        AIR + "    filters:\n      humidity:\n        - delta: 5 percent\n",
+        6,
+        "sensors.air.filters.humidity[0].delta",
+        "5 percent",
+    ),
+    (
+        "filter-on-unmeasured-quantity",
+        "sensors:\n  air:\n    driver: bmp280\n    filters:\n      humidity: [{offset: 1}]\n",
+        5,
+        "sensors.air.filters.humidity",
+        "bmp280 has no quantity 'humidity'",
+    ),
+    (
+        "derived-inputs-not-measured",
+        "sensors:\n  air:\n    driver: bmp280\n    derived: [dew_point]\n",
+        4,
+        "sensors.air.derived[0]",
+        "bmp280 does not measure humidity",
+    ),
+    (
+        "derived-unknown",
+        AIR + "    derived: [dewpoint]\n",
+        4,
+        "sensors.air.derived[0]",
+        "'dewpoint'",
+    ),
+    (
+        "sea-level-pressure-without-altitude",
+        AIR + "    derived: [sea_level_pressure]\n",
+        4,
+        "sensors.air.derived[0]",
+        "needs `altitude`",
+    ),
+    (
+        "on-change-unknown-quantity",
+        AIR + "    publish:\n      on_change: {temprature: 0.1}\n",
+        5,
+        "sensors.air.publish.on_change.temprature",
+        "no quantity 'temprature'",
+    ),
+    (
+        "heartbeat-not-a-duration",
+        AIR + "    publish:\n      heartbeat: often\n",
+        5,
+        "sensors.air.publish.heartbeat",
+        "expected a duration",
+    ),
 ]
 
 
