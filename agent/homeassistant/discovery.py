@@ -4,10 +4,12 @@
 Entities, with the ids they keep across restarts (``unique_id`` =
 ``<device_id>_<component id>``):
 
-- a ``sensor`` per sensor quantity (``<sensor>_<quantity>``), its value picked out of the
-  reading JSON, shown with the decimals of the quantity's resolution; a replayed reading
-  (``"replayed": true``, from the buffer after an outage) leaves the entity's state as it
-  is (see :func:`sensor_value_template`); the ``system`` driver's are diagnostic;
+- a ``sensor`` per sensor quantity, derived ones included (``<sensor>_<quantity>``), its
+  value picked out of the reading JSON, shown with the decimals of the quantity's
+  resolution; a replayed reading (``"replayed": true``, from the buffer after an outage)
+  or one that lacks the quantity (held back by a filter or ``on_change``) leaves the
+  entity's state as it is (see :func:`sensor_value_template`); the ``system`` driver's
+  are diagnostic;
 - a ``switch`` per output (``output_<name>``), commanded on its set topic, its state read
   from the retained state JSON;
 - a ``binary_sensor`` per input (``input_<name>``), with the input's ``device_class``;
@@ -27,6 +29,7 @@ from typing import Any
 
 from agent import __version__
 from agent.config.model import Config
+from agent.filters.chain import reading_gap_s, sensor_quantities
 from agent.mqtt.payloads import resolution_decimals
 from agent.mqtt.topics import Topics
 from drivers.registry import spec_of
@@ -45,10 +48,12 @@ def discovery_topic(prefix: str, device_id: str) -> str:
     return f"{prefix}/device/{node_id(device_id)}/config"
 
 
-def expire_after(interval_s: float) -> int:
-    """Seconds after which Home Assistant shows a sensor as unavailable: three missed
-    readings, and never less than a minute."""
-    return max(60, math.ceil(3 * interval_s + 5))
+def expire_after(gap_s: float, *, interval_s: float | None = None) -> int:
+    """Seconds after which Home Assistant shows a sensor as unavailable: the longest gap
+    between two readings plus two more intervals (three missed readings when every sample
+    is published), and never less than a minute."""
+    interval = gap_s if interval_s is None else interval_s
+    return max(60, math.ceil(gap_s + 2 * interval + 5))
 
 
 def sensor_value_template(quantity: str) -> str:
@@ -75,7 +80,8 @@ def components(config: Config, topics: Topics) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, options in config.sensors.items():
         spec = spec_of(options)
-        for quantity, q in spec.quantities.items():
+        gap = reading_gap_s(spec, options)
+        for quantity, q in sensor_quantities(spec, options).items():
             cid = f"{name}_{quantity}"
             entity: dict[str, Any] = {
                 "p": "sensor",
@@ -85,8 +91,9 @@ def components(config: Config, topics: Topics) -> dict[str, dict[str, Any]]:
                 "value_template": sensor_value_template(quantity),
                 "state_class": "measurement",
                 "suggested_display_precision": resolution_decimals(q.resolution),
-                "expire_after": expire_after(options.interval),
             }
+            if gap is not None:  # None: on_change without heartbeat may hold it for ever
+                entity["expire_after"] = expire_after(gap, interval_s=options.interval)
             if q.unit:
                 entity["unit_of_measurement"] = HA_UNITS.get(q.unit, q.unit)
             if q.device_class:

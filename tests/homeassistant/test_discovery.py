@@ -85,6 +85,33 @@ def test_a_sensor_entity_per_quantity() -> None:
     assert "entity_category" not in temperature
 
 
+def test_derived_quantities_are_entities_and_expiry_follows_the_heartbeat() -> None:
+    cfg = config(
+        "device_id: gh1\n"
+        "sensors:\n"
+        "  air:\n"
+        "    driver: bme280\n"
+        "    interval: 10s\n"
+        "    derived: [vpd, dew_point]\n"
+        "    publish:\n"
+        "      on_change: {temperature: 0.1, humidity: 0.5, pressure: 0.5}\n"
+        "      heartbeat: 5m\n"
+        "  shed:\n"
+        "    driver: bme280\n"
+        "    publish: {on_change: {temperature: 0.1, humidity: 0.5, pressure: 0.5}}\n"
+    )
+    cmps = payload(cfg)["cmps"]
+    assert isinstance(cmps, dict)
+    vpd = cmps["air_vpd"]
+    assert (vpd["unit_of_measurement"], vpd["device_class"]) == ("kPa", "pressure")
+    assert cmps["air_dew_point"]["device_class"] == "temperature"
+    assert "'vpd' not in value_json['values']" in vpd["value_template"]
+    # a heartbeat of 300 s: a reading at most 310 s apart, plus two intervals and 5 s
+    assert vpd["expire_after"] == cmps["air_temperature"]["expire_after"] == 335
+    # on_change without a heartbeat may hold every value back for ever: no expiry
+    assert "expire_after" not in cmps["shed_temperature"]
+
+
 def test_a_switch_per_output_and_a_binary_sensor_per_input() -> None:
     cmps = payload()["cmps"]
     assert isinstance(cmps, dict)
