@@ -23,6 +23,7 @@ from agent.config.load import LoadedConfig, load_config
 from agent.config.model import Config
 from agent.errors import ConfigError
 from agent.events import Event
+from agent.filters.chain import SensorChain, sensor_quantities
 from agent.homeassistant.announcer import Announcer
 from agent.mqtt.payloads import Reading, encode_json, iso_ts
 from agent.mqtt.topics import Topics
@@ -295,13 +296,16 @@ class Agent(TransportEvents):
             send=self._send_reply,
         )
 
-    def _start_sampling(self) -> None:
+    def _start_sampling(self, chains: dict[str, SensorChain] | None = None) -> None:
+        """Sample every configured sensor; ``chains`` are filter chains to carry over."""
+        kept = chains or {}
         slots = [
             SensorSlot(
                 name=name,
                 spec=spec_of(options),
                 options=options,
                 open=sensor_opener(options, self.hardware),
+                chain=kept.get(name) or SensorChain.for_sensor(spec_of(options), options),
             )
             for name, options in self.config.sensors.items()
         ]
@@ -431,9 +435,17 @@ class Agent(TransportEvents):
         if plan.log_level:
             logging.getLogger().setLevel(self.config.log_level.upper())
         if plan.sensors:
+            # Sensors whose config did not change keep their filter state (windows,
+            # averages, what was last published), so a reload neither restarts a
+            # median window nor publishes an unchanged value early.
+            chains = {
+                slot.name: slot.chain
+                for slot in (self.scheduler.slots if self.scheduler else [])
+                if self.config.sensors.get(slot.name) == slot.options
+            }
             await self._stop_sampling()
             self._emulate(self.config.sensors.values())
-            self._start_sampling()
+            self._start_sampling(chains)
         if plan.outputs:
             assert self.outputs is not None
             self._emulate(self.config.outputs.values())
@@ -597,12 +609,13 @@ class Agent(TransportEvents):
         sensors = {}
         for name, options in self.config.sensors.items():
             spec = spec_of(options)
-            for quantity, q in spec.quantities.items():
+            quantities = sensor_quantities(spec, options)
+            for quantity, q in quantities.items():
                 units.setdefault(quantity, q.unit)
             sensors[name] = {
                 "driver": spec.name,
                 "interval_s": options.interval,
-                "quantities": list(spec.quantities),
+                "quantities": list(quantities),
             }
         return {
             "version": __version__,

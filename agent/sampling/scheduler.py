@@ -8,6 +8,11 @@ bus are serialised and a hung I2C read stalls neither other buses nor MQTT - und
 timeout. Transient errors are retried with backoff inside the interval; a sensor that
 keeps failing is reported failed, retried every few minutes, and reported again when it
 recovers.
+
+A successful read goes through the sensor's :class:`~agent.filters.chain.SensorChain`
+(filters, derived quantities, publish policy). A sample the chain holds back entirely is
+not published and takes no ``seq``, so ``seq`` counts published readings and a gap in it
+still means a lost one.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.events import Event, EventSink, RateLimiter
-from agent.mqtt.payloads import Reading, round_values
+from agent.filters.chain import SensorChain
+from agent.mqtt.payloads import Reading
 from drivers.base import DriverSpec, Sensor, SensorOptions
 from drivers.errors import DriverError, PermanentError, TransientError
 
@@ -70,6 +76,13 @@ class SensorSlot:
     error_kinds: Counter[str] = field(default_factory=Counter)
     #: When a failed sensor is tried next (monotonic seconds).
     retry_at: float = 0.0
+    #: Filters, derived quantities and publish policy (with their state); default: made
+    #: from ``options``. A reload hands the old one over when the sensor did not change.
+    chain: SensorChain = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.chain is None:
+            self.chain = SensorChain.for_sensor(self.spec, self.options)
 
     @property
     def timeout_s(self) -> float:
@@ -168,9 +181,9 @@ class Scheduler:
             k += 1
             if slot.failed and self._clock() < slot.retry_at:
                 continue
-            await self._sample_once(slot, deadline=due + interval * 0.9)
+            await self._sample_once(slot, due=due, deadline=due + interval * 0.9)
 
-    async def _sample_once(self, slot: SensorSlot, *, deadline: float) -> None:
+    async def _sample_once(self, slot: SensorSlot, *, due: float, deadline: float) -> None:
         ts = time.time()
         delay = 0.1
         while True:
@@ -186,7 +199,7 @@ class Scheduler:
             except PermanentError as e:
                 self._failure(slot, e, permanent=True)
                 return
-            self._success(slot, ts, values)
+            self._success(slot, ts, values, due=due)
             return
 
     async def _read(self, slot: SensorSlot) -> dict[str, float]:
@@ -205,10 +218,12 @@ class Scheduler:
         except TimeoutError:
             raise TransientError(f"read did not finish within {slot.timeout_s:g}s") from None
 
-    def _success(self, slot: SensorSlot, ts: float, raw: dict[str, float]) -> None:
-        values = round_values(raw, slot.spec.quantities)
+    def _success(self, slot: SensorSlot, ts: float, raw: dict[str, float], *, due: float) -> None:
+        # The chain is given the due time, not the clock: throttles and heartbeats then
+        # count whole intervals, whatever the jitter of the read.
+        sample = slot.chain.process(raw, due)
         slot.consecutive_failures = 0
-        slot.last_values = values
+        slot.last_values = {**slot.last_values, **sample.filtered}
         slot.last_ts = ts
         if slot.failed:
             slot.failed = False
@@ -221,8 +236,10 @@ class Scheduler:
                 )
             )
         slot.last_error = None
+        if not sample.published:
+            return  # every quantity held back: nothing to publish, and no seq taken
         reading = Reading(
-            sensor=slot.name, ts=ts, seq=self._sequence.next(slot.name), values=values
+            sensor=slot.name, ts=ts, seq=self._sequence.next(slot.name), values=sample.published
         )
         self._emit(reading, slot)
 
