@@ -211,7 +211,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from agent.mqtt.payloads import Reading, round_values
+    import msgspec
+
+    from agent.filters.chain import SensorChain
+    from agent.mqtt.payloads import Reading, encode_json
     from agent.runtime.hardware_setup import guarded_open, make_hardware, spec_of
     from drivers.base import Sensor
     from drivers.errors import DriverError
@@ -239,11 +242,17 @@ def cmd_read(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
                 continue
-            values = round_values(raw, spec.quantities)
+            chain = SensorChain.for_sensor(spec, options)
+            sample = chain.process(raw, time.monotonic())
             # seq counts per sensor: this is each one's first (and only) reading here; the
             # daemon's counters in the state dir are not touched.
-            reading = Reading(sensor=name, ts=ts, seq=1, values=values)
-            print(reading.encode().decode())
+            reading = Reading(sensor=name, ts=ts, seq=1, values=sample.filtered)
+            if chain.processing.filters or chain.processing.derived_names:
+                # filtered and raw side by side; one JSON object per line all the same
+                body = {**msgspec.json.decode(reading.encode()), "raw": sample.raw}
+                print(encode_json(body).decode())
+            else:
+                print(reading.encode().decode())
     finally:
         hardware.close()
     return EXIT_FAILURE if failed else EXIT_OK
@@ -360,6 +369,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_drivers(args: argparse.Namespace) -> int:
     import msgspec
 
+    from agent.filters.derived import DERIVED
     from drivers.registry import BROKEN, DRIVERS, ORIGINS
 
     for spec in DRIVERS.values():
@@ -371,6 +381,12 @@ def cmd_drivers(args: argparse.Namespace) -> int:
             for name, q in spec.quantities.items():
                 unit = f" [{q.unit}]" if q.unit else ""
                 print(f"    {name}{unit}, resolution {q.resolution:g}: {q.description}")
+            derivable = [d for d in DERIVED.values() if set(d.inputs) <= set(spec.quantities)]
+            if derivable:
+                print("  derived quantities (`derived:`; sea_level_pressure with `altitude:`):")
+                for d in derivable:
+                    q = d.quantity
+                    print(f"    {d.name} [{q.unit}], resolution {q.resolution:g}: {q.description}")
         print("  options (default):")
         for f in msgspec.structs.fields(spec.options):
             default = "required" if f.required else json.dumps(_default(f))

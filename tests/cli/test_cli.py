@@ -74,6 +74,37 @@ def test_drivers_lists_every_driver_with_quantities_and_defaults() -> None:
     assert "interval: 60.0" in result.stdout
 
 
+def test_drivers_lists_the_derived_quantities_a_driver_can_have() -> None:
+    result = run_cli("drivers")
+    bme280 = result.stdout.split("\nbme280 (")[1].split("\n\n")[0]
+    bmp280 = result.stdout.split("\nbmp280 (")[1].split("\n\n")[0]
+    assert "    vpd [kPa], resolution 0.001" in bme280
+    assert "sea_level_pressure [hPa]" in bmp280 and "dew_point" not in bmp280
+
+
+def test_read_shows_filtered_and_raw_values(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "sensors:\n"
+        "  air:\n    driver: bme280\n"
+        "    simulation: {temperature: 25.0, humidity: 50.0, pressure: 1000}\n"
+        "    filters:\n      temperature: [{offset: -2.0}]\n"
+        "    derived: [vpd]\n"
+    )
+    result = run_cli("read", "--simulate", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    (reading,) = map(json.loads, result.stdout.splitlines())
+    assert set(reading) == {"sensor", "ts", "seq", "values", "raw"}
+    assert abs(reading["raw"]["temperature"] - 25.0) <= 0.01
+    assert set(reading["raw"]) == {"temperature", "humidity", "pressure"}
+    assert abs(reading["values"]["temperature"] - 23.0) <= 0.01
+    # 50 % at 25 °C is 56.38 % at 23 °C (tests/filters/test_derived.py), within the
+    # simulated chip's resolution
+    assert abs(reading["values"]["humidity"] - 56.38) <= 0.03
+    # VPD of 23 °C / 56.38 %: 2.80251 kPa * (1 - 0.5638)
+    assert abs(reading["values"]["vpd"] - 1.2225) <= 0.003
+
+
 def test_schema_is_json_schema_of_the_config() -> None:
     result = run_cli("schema")
     assert result.returncode == 0
