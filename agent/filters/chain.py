@@ -123,6 +123,8 @@ class SensorChain:
         )
         self._derived = [DERIVED[name] for name in processing.derived_names]
         self._policy = PublishPolicy(processing.publish, interval_s=interval_s)
+        #: Nothing to do but round: the cost of a reading stays what it was without filters.
+        self._plain = not (self._chains or self._derived or processing.publish.on_change)
 
     @classmethod
     def for_sensor(cls, spec: DriverSpec, options: SensorOptions) -> SensorChain:
@@ -141,6 +143,9 @@ class SensorChain:
 
     def process(self, raw: Mapping[str, float], now: float) -> Sample:
         """Run one sample (the driver's unrounded values) taken at ``now`` (monotonic s)."""
+        if self._plain:
+            rounded = round_values(raw, self.spec.quantities)
+            return Sample(raw=rounded, filtered=rounded, published=rounded)
         inputs = dict(raw)
         if self._correct_humidity and "temperature" in raw and "humidity" in raw:
             inputs["humidity"] = self.corrected_humidity(raw["temperature"], raw["humidity"], now)
