@@ -1,4 +1,4 @@
-"""B1-B8: how each measure is taken (RESULTS.md repeats this in prose).
+"""B1-B9: how each measure is taken (RESULTS.md repeats this in prose).
 
 Each measure runs its contenders in alternation (the order rotates every trial) on a
 private mosquitto per contender, and returns table rows: one value per trial per contender.
@@ -803,4 +803,44 @@ def b6_lateness(ctx: Context) -> list[Row]:
             _at_most(2.0),
             notes=[f"B6 samples per trial: {', '.join(counts)}"],
         ),
+    ]
+
+
+# -- B9 ---------------------------------------------------------------------------------
+
+
+def b9_filter_cost(ctx: Context) -> list[Row]:
+    """CPU per reading of the filter stage (``filter_cost.py``): a 3-filter chain and 3
+    derived quantities, and the same sensor without processing, in this process on the
+    thread's own CPU clock. mqtt-io has no filters; the floor publishes no readings."""
+    from tests.bench.filter_cost import measure
+
+    trials, readings = (1, 5_000) if ctx.plan.quick else (3, 20_000)
+    filtered: list[float] = []
+    plain: list[float] = []
+    for _ in range(trials):
+        result = measure(readings)
+        filtered.append(result["filtered_us"])
+        plain.append(result["plain_us"])
+    why = {"mqttio": "n/a: no filters", "floor": "n/a: no readings"}
+
+    def cells(values: list[float]) -> dict[str, Series | str]:
+        out: dict[str, Series | str] = {"ours": Series(values)}
+        for c in ctx.contenders:
+            out.setdefault(c.key, why.get(c.key, "n/a"))
+        for key, reason in ctx.unavailable.items():
+            out.setdefault(key, reason)
+        return out
+
+    note = f"B9: {trials} trials of {readings} readings each"
+    return [
+        Row(
+            "B9",
+            "filter stage CPU per reading, 3 filters + 3 derived (µs)",
+            "≤ 100 µs",
+            cells(filtered),
+            _at_most(100.0),
+            notes=[note],
+        ),
+        Row("B9", "the same sensor without filters (µs)", "—", cells(plain), None),
     ]

@@ -1,4 +1,4 @@
-"""`make bench`: ours against mqtt-io 2.7.0 and raw-paho floors, B1-B8 of issue #8.
+"""`make bench`: ours against mqtt-io 2.7.0 and raw-paho floors, B1-B8 of issue #8, B9 of #16.
 
     .venv/bin/python -m tests.bench.run            # full run (~10 min), writes RESULTS.md
     BENCH_QUICK=1 .venv/bin/python -m tests.bench.run   # smoke run (~2 min)
@@ -35,6 +35,7 @@ from tests.bench.measures import (
     b5_drain,
     b6_lateness,
     b8_wakeups,
+    b9_filter_cost,
 )
 
 RESULTS = BENCH / "RESULTS.md"
@@ -47,6 +48,7 @@ MEASURES: list[tuple[str, str, Callable[[Context], list[Row]]]] = [
     ("B6", "scheduling lateness", b6_lateness),
     ("B2", "idle RSS and CPU; B7 disk writes", b2_b7_idle),
     ("B8", "idle wake-ups", b8_wakeups),
+    ("B9", "filter stage CPU per reading", b9_filter_cost),
 ]
 
 

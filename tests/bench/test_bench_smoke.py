@@ -48,3 +48,15 @@ def test_results_file_keeps_what_is_written_outside_the_markers(tmp_path: Path) 
 
     text = path.read_text()
     assert "second" in text and "first" not in text and "## Findings\nkept" in text
+
+
+def test_b9_filter_cost_gives_a_number_per_row() -> None:
+    from tests.bench.measures import b9_filter_cost
+
+    ctx = Context(Plan.make(quick=True), [Ours(), Floor()], {}, {"mqttio": "n/a: left out"})
+    rows = b9_filter_cost(ctx)
+    assert [r.id for r in rows] == ["B9", "B9"]
+    for row in rows:
+        cell = row.cells["ours"]
+        assert isinstance(cell, Series) and all(v > 0 for v in cell.values)
+        assert row.cells["floor"] == "n/a: no readings"
