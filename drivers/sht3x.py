@@ -440,4 +440,5 @@ SPEC = DriverSpec(
     quantities=QUANTITIES,
     sample=SAMPLE,
     i2c_addresses=(0x44, 0x45),
+    humidity_shares_die=True,
 )
