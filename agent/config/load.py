@@ -106,7 +106,13 @@ def _check_references(config: Config, problems: Problems) -> None:
                     f"{spec.name} has no quantity {key!r}; it has "
                     f"{', '.join(spec.quantities)} (and fail_rate)",
                 )
-        check_processing(("sensors", name), spec, processing_of(sensor), problems.add)
+        check_processing(
+            ("sensors", name),
+            spec,
+            processing_of(sensor),
+            problems.add,
+            spec.quantities_of(sensor),
+        )
 
 
 def _resolve(config: Config, base_dir: Path, problems: Problems) -> Config:

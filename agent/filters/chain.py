@@ -72,9 +72,12 @@ def build_filter(step: FilterStep, quantity: Quantity | None = None) -> f.Filter
     return f.Round(arg)
 
 
-def quantities_of(spec: DriverSpec, processing: Processing) -> dict[str, Quantity]:
-    """Every quantity the sensor publishes: the chip's, then the derived ones."""
-    out = dict(spec.quantities)
+def quantities_of(
+    spec: DriverSpec, processing: Processing, measured: Mapping[str, Quantity] | None = None
+) -> dict[str, Quantity]:
+    """Every quantity the sensor publishes: the chip's (``measured``, default the
+    driver's), then the derived ones."""
+    out = dict(spec.quantities if measured is None else measured)
     for name in processing.derived_names:
         out[name] = DERIVED[name].quantity
     return out
@@ -82,7 +85,7 @@ def quantities_of(spec: DriverSpec, processing: Processing) -> dict[str, Quantit
 
 def sensor_quantities(spec: DriverSpec, options: SensorOptions) -> dict[str, Quantity]:
     """:func:`quantities_of` for a sensor's config entry."""
-    return quantities_of(spec, processing_of(options))
+    return quantities_of(spec, processing_of(options), spec.quantities_of(options))
 
 
 @dataclass(frozen=True)
@@ -104,14 +107,23 @@ class SensorChain:
         spec: the driver (its quantities, and whether RH shares the temperature die).
         processing: the sensor's ``filters``, ``derived``, ``publish``... options.
         interval_s: the sensor's interval.
+        measured: the chip's quantities for this sensor's options (default: the driver's).
     """
 
-    def __init__(self, *, spec: DriverSpec, processing: Processing, interval_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        spec: DriverSpec,
+        processing: Processing,
+        interval_s: float,
+        measured: Mapping[str, Quantity] | None = None,
+    ) -> None:
         self.spec = spec
         self.processing = processing
-        self.quantities = quantities_of(spec, processing)
+        self.measured = spec.quantities if measured is None else measured
+        self.quantities = quantities_of(spec, processing, self.measured)
         self._chains = {
-            q: [build_filter(step, spec.quantities.get(q)) for step in steps]
+            q: [build_filter(step, self.measured.get(q)) for step in steps]
             for q, steps in processing.filters.items()
         }
         temperature_chain = self._chains.get("temperature", [])
@@ -128,7 +140,12 @@ class SensorChain:
 
     @classmethod
     def for_sensor(cls, spec: DriverSpec, options: SensorOptions) -> SensorChain:
-        return cls(spec=spec, processing=processing_of(options), interval_s=options.interval)
+        return cls(
+            spec=spec,
+            processing=processing_of(options),
+            interval_s=options.interval,
+            measured=spec.quantities_of(options),
+        )
 
     def corrected_humidity(self, temperature_c: float, humidity_rh: float, now: float) -> float:
         """The RH at the corrected temperature, the vapour pressure kept."""
@@ -144,7 +161,7 @@ class SensorChain:
     def process(self, raw: Mapping[str, float], now: float) -> Sample:
         """Run one sample (the driver's unrounded values) taken at ``now`` (monotonic s)."""
         if self._plain:
-            rounded = round_values(raw, self.spec.quantities)
+            rounded = round_values(raw, self.measured)
             return Sample(raw=rounded, filtered=rounded, published=rounded)
         inputs = dict(raw)
         if self._correct_humidity and "temperature" in raw and "humidity" in raw:
@@ -164,7 +181,7 @@ class SensorChain:
                     values[derived.name] = result
         filtered = round_values(values, self.quantities)
         return Sample(
-            raw=round_values(raw, self.spec.quantities),
+            raw=round_values(raw, self.measured),
             filtered=filtered,
             published=self._policy.select(filtered, now),
         )
@@ -209,7 +226,7 @@ def reading_gap_s(spec: DriverSpec, options: SensorOptions) -> float | None:
     """
     processing = processing_of(options)
     gaps = []
-    for name in spec.quantities:
+    for name in spec.quantities_of(options):
         period = _period_s(processing.filters.get(name, []), options.interval)
         if period is None:
             continue

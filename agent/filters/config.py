@@ -16,13 +16,20 @@ Checks that need the driver (a filter on a quantity the chip does not measure,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from agent.filters.derived import DERIVED
-from drivers.base import DriverSpec, OptionError, Options, PositiveSeconds, SensorOptions
+from drivers.base import (
+    DriverSpec,
+    OptionError,
+    Options,
+    PositiveSeconds,
+    Quantity,
+    SensorOptions,
+)
 
 #: ``[measured, true]``.
 Point = Annotated[list[float], msgspec.Meta(min_length=2, max_length=2)]
@@ -237,19 +244,25 @@ AddProblem = Callable[[tuple[str | int, ...], str], None]
 
 
 def check_processing(
-    path: tuple[str | int, ...], spec: DriverSpec, processing: Processing, add: AddProblem
+    path: tuple[str | int, ...],
+    spec: DriverSpec,
+    processing: Processing,
+    add: AddProblem,
+    quantities: Mapping[str, Quantity] | None = None,
 ) -> None:
-    """Problems that need the driver: quantities it does not measure, a derived quantity
-    whose inputs it lacks, ``sea_level_pressure`` without ``altitude``."""
-    measured = list(spec.quantities)
+    """Problems that need the driver: quantities it does not measure (``quantities``, the
+    sensor's; default: the driver's), a derived quantity whose inputs it lacks,
+    ``sea_level_pressure`` without ``altitude``."""
+    have = spec.quantities if quantities is None else quantities
+    measured = list(have)
     for quantity in processing.filters:
-        if quantity not in spec.quantities:
+        if quantity not in have:
             add(
                 path + ("filters", quantity),
                 f"{spec.name} has no quantity {quantity!r}; it has {', '.join(measured)}",
             )
     for i, name in enumerate(processing.derived):
-        missing = [q for q in DERIVED[name].inputs if q not in spec.quantities]
+        missing = [q for q in DERIVED[name].inputs if q not in have]
         if missing:
             add(
                 path + ("derived", i),
@@ -259,7 +272,7 @@ def check_processing(
         if name == "sea_level_pressure" and processing.altitude is None:
             add(path + ("derived", i), "sea_level_pressure needs `altitude` (m above sea level)")
     if processing.altitude is not None:
-        missing = [q for q in DERIVED["sea_level_pressure"].inputs if q not in spec.quantities]
+        missing = [q for q in DERIVED["sea_level_pressure"].inputs if q not in have]
         if missing:
             add(
                 path + ("altitude",),
