@@ -76,8 +76,9 @@ def test_drivers_lists_every_driver_with_quantities_and_defaults() -> None:
 
 def test_drivers_lists_the_derived_quantities_a_driver_can_have() -> None:
     result = run_cli("drivers")
-    bme280 = result.stdout.split("\nbme280 (")[1].split("\n\n")[0]
-    bmp280 = result.stdout.split("\nbmp280 (")[1].split("\n\n")[0]
+    text = "\n" + result.stdout
+    bme280 = text.split("\nbme280 (")[1].split("\n\n")[0]
+    bmp280 = text.split("\nbmp280 (")[1].split("\n\n")[0]
     assert "    vpd [kPa], resolution 0.001" in bme280
     assert "sea_level_pressure [hPa]" in bmp280 and "dew_point" not in bmp280
 
