@@ -285,9 +285,15 @@ class Container:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"systemd-nspawn exited: {self.log()}")
-            kids = children(self.process.pid)
-            if kids:
-                return kids[0]
+            # nspawn forks an intermediate child before the container's PID 1; only a
+            # child that has become systemd is the leader (under load the intermediate
+            # lives long enough to be picked, and nsenter into it then fails).
+            for kid in children(self.process.pid):
+                try:
+                    if Path(f"/proc/{kid}/comm").read_text().strip() == "systemd":
+                        return kid
+                except (FileNotFoundError, ProcessLookupError):
+                    continue
             time.sleep(0.05)
         raise RuntimeError(f"no container leader after 30 s: {self.log()}")
 
