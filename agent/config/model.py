@@ -110,6 +110,11 @@ class HomeAssistantConfig(Options, frozen=True):
 
     discovery: bool = False
     prefix: Annotated[str, msgspec.Meta(pattern=r"^[^#+\x00]+$")] = "homeassistant"
+    #: device: one retained message describes the device and all its entities (Home
+    #: Assistant 2024.12 and later); components: one message per entity, for consumers that
+    #: read only that form (openHAB's binding before device discovery, Domoticz, older HA).
+    #: Switching migrates the entities in place (same unique ids).
+    discovery_mode: Literal["device", "components"] = "device"
 
 
 class HealthConfig(Options, frozen=True):

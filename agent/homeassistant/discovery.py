@@ -20,6 +20,13 @@ Every entity is available while ``<base>/status`` says ``online``. An entity tha
 disappears from the config is removed by announcing it once more with only its platform,
 which is how device-based discovery removes a component; turning discovery off removes the
 device with an empty retained config.
+
+With ``discovery_mode: components`` each entity has a message of its own on
+``<prefix>/<platform>/<node>/<component id>/config`` (:func:`component_payloads`): the same
+entity config plus the device, origin and availability. Its discovery id
+(``<node> <component id>``) is the one device-based discovery gives the entity, which is
+what Home Assistant's ``migrate_discovery`` needs to move an entity between the two forms
+without losing it (see :mod:`agent.homeassistant.announcer`).
 """
 
 from __future__ import annotations
@@ -46,6 +53,22 @@ def node_id(device_id: str) -> str:
 
 def discovery_topic(prefix: str, device_id: str) -> str:
     return f"{prefix}/device/{node_id(device_id)}/config"
+
+
+def component_topic(prefix: str, device_id: str, platform: str, component_id: str) -> str:
+    """The single-component discovery topic of one entity."""
+    return f"{prefix}/{platform}/{node_id(device_id)}/{component_id}/config"
+
+
+def component_filter(prefix: str, device_id: str) -> str:
+    """Matches every single-component discovery topic of the device."""
+    return f"{prefix}/+/{node_id(device_id)}/+/config"
+
+
+#: The payload that starts Home Assistant's migration of an entity from one discovery
+#: topic to another: it unloads the entity but keeps its registry entry (its entity id,
+#: name, area, history) for the config that follows on the new topic.
+MIGRATE = {"migrate_discovery": True}
 
 
 def expire_after(gap_s: float, *, interval_s: float | None = None) -> int:
@@ -200,3 +223,17 @@ def device_payload(
         "qos": 1,
         "cmps": cmps,
     }
+
+
+def component_payloads(config: Config, topics: Topics, *, model: str) -> dict[str, dict[str, Any]]:
+    """Every entity as a single-component discovery message: topic -> payload."""
+    assert config.device_id is not None
+    device = device_payload(config, topics, model=model)
+    shared = {key: value for key, value in device.items() if key != "cmps"}
+    out: dict[str, dict[str, Any]] = {}
+    for cid, entity in device["cmps"].items():
+        body = {key: value for key, value in entity.items() if key != "p"}
+        body.update(shared)
+        topic = component_topic(config.homeassistant.prefix, config.device_id, entity["p"], cid)
+        out[topic] = body
+    return out

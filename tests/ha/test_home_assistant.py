@@ -27,7 +27,7 @@ from tests.ha.core import HomeAssistantCore
 from tests.ha.websocket import HomeAssistantSocket
 from tests.support.configs import write_config
 from tests.support.faultproxy import FaultProxy
-from tests.support.mqtt import AgentProcess, Collector, Received
+from tests.support.mqtt import AgentProcess, Collector, Received, retained
 
 pytestmark = [pytest.mark.ha, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -415,3 +415,80 @@ def test_home_assistant_restart(rig: Rig) -> None:
     discovery.wait_for(lambda m: True, count=2, timeout=5)
     discovery.close()
     assert mqtt_log_problems(rig.ha, allow=BROKER_GONE) == []
+
+
+def mqtt_entities_of_the_device(rig: Rig) -> dict[str, str]:
+    """unique_id -> entity_id of every MQTT entity HA has for our device."""
+    device_ids = {
+        d["id"]
+        for d in registry(rig.ha, "device")
+        if ["mqtt", f"edge_agent_{DEVICE}"] in d["identifiers"]
+    }
+    return {
+        e["unique_id"]: e["entity_id"]
+        for e in registry(rig.ha, "entity")
+        if e["platform"] == "mqtt" and e["device_id"] in device_ids
+    }
+
+
+def assert_same_entities_and_live(rig: Rig) -> None:
+    """HA has exactly our entities, with the entity ids they had, and fresh values."""
+    assert rig.ha.wait_for(
+        lambda: mqtt_entities_of_the_device(rig) == rig.entity_ids,
+        timeout=20,
+        what="the same entities",
+    )
+    for uid, entity_id in rig.entity_ids.items():
+        rig.ha.wait_for(
+            lambda e=entity_id: (s := rig.ha.state(e)) and s["state"] not in NOT_A_VALUE,
+            timeout=20,
+            what=f"{uid} has a state",
+        )
+    temperature = rig.sensor_entity("temperature")
+    first = rig.numeric_state(temperature)
+    rig.ha.wait_for(
+        lambda: rig.numeric_state(temperature) not in (None, first),
+        timeout=10,
+        what="a new temperature",
+    )
+
+
+def test_switching_the_discovery_mode_keeps_every_entity(rig: Rig) -> None:
+    assert rig.agent is not None
+    device_topic = f"homeassistant/device/edge_agent_{DEVICE}/config"
+    single = f"homeassistant/sensor/edge_agent_{DEVICE}/air_temperature/config"
+    text = rig.config.read_text()
+    # By reload: device -> components.
+    rig.config.write_text(
+        text.replace("discovery: true", "discovery: true, discovery_mode: components")
+    )
+    rig.agent.signal(signal.SIGHUP)
+    rig.ha.wait_for(
+        lambda: retained(rig.broker.port, device_topic, timeout=0.5) is None,
+        timeout=20,
+        what="the device message cleared",
+    )
+    assert retained(rig.broker.port, single) is not None
+    assert_same_entities_and_live(rig)
+    after_reload = len(mqtt_log_problems(rig.ha, allow=BROKER_GONE))
+    # By restart: components -> device.
+    rig.agent.stop()
+    rig.config.write_text(text)
+    rig.start_agent()
+    rig.ha.wait_for(
+        lambda: retained(rig.broker.port, single, timeout=0.5) is None,
+        timeout=20,
+        what="the single-component messages cleared",
+    )
+    assert retained(rig.broker.port, device_topic) is not None
+    assert_same_entities_and_live(rig)
+    problems = mqtt_log_problems(rig.ha, allow=BROKER_GONE)
+    print(
+        f"HA warnings: {after_reload} after the switch by reload, "
+        f"{len(problems) - after_reload} after the switch by restart"
+    )
+    # What HA 2025.4.4 says during a migration: a config on the new topic before the old
+    # one was migrated (after a restart the old topics are known only once their retained
+    # messages are read back), or the old device topic cleared after HA unloaded it.
+    migration = r"Received a conflicting MQTT discovery|No device components to cleanup"
+    assert mqtt_log_problems(rig.ha, allow=f"{BROKER_GONE}|{migration}") == []

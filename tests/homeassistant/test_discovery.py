@@ -9,7 +9,12 @@ from agent import __version__
 from agent.config.load import parse_config
 from agent.config.model import Config
 from agent.homeassistant.announcer import Announcer
-from agent.homeassistant.discovery import device_payload, discovery_topic, expire_after
+from agent.homeassistant.discovery import (
+    component_payloads,
+    device_payload,
+    discovery_topic,
+    expire_after,
+)
 from agent.mqtt.topics import Topics
 from agent.mqtt.transport import IncomingMessage
 
@@ -245,3 +250,143 @@ def test_discovery_turned_off_removes_the_device() -> None:
     assert restarted.messages == []
     b.handle(IncomingMessage(b.topic, published.messages[0][1], 1, True, None))
     assert restarted.messages == [("homeassistant/device/edge_agent_gh1/config", b"")]
+
+
+COMPONENTS = CONFIG.replace("discovery: true", "discovery: true, discovery_mode: components")
+NODE = "edge_agent_gh1"
+
+
+def test_components_mode_one_message_per_entity_field_by_field() -> None:
+    cfg = config(COMPONENTS)
+    payloads = component_payloads(cfg, Topics("edge/gh1"), model="Raspberry Pi 4 Model B Rev 1.4")
+    device = payload(config())
+    cmps = device["cmps"]
+    assert isinstance(cmps, dict)
+    # One topic per entity, on <prefix>/<platform>/<node>/<component id>/config.
+    assert set(payloads) == {
+        f"homeassistant/{c['p']}/{NODE}/{cid}/config" for cid, c in cmps.items()
+    }
+    temperature = payloads[f"homeassistant/sensor/{NODE}/air_temperature/config"]
+    assert temperature == {
+        "name": "air temperature",
+        "unique_id": "gh1_air_temperature",
+        "state_topic": "edge/gh1/sensor/air",
+        "value_template": (
+            "{{ '' if value_json.replayed is defined or 'temperature' not in value_json['values']"
+            " else value_json['values']['temperature'] }}"
+        ),
+        "state_class": "measurement",
+        "suggested_display_precision": 2,
+        "expire_after": 60,
+        "unit_of_measurement": "°C",
+        "device_class": "temperature",
+        "dev": device["dev"],
+        "o": device["o"],
+        "availability_topic": "edge/gh1/status",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "qos": 1,
+    }
+    pump = payloads[f"homeassistant/switch/{NODE}/output_pump/config"]
+    assert pump["command_topic"] == "edge/gh1/output/pump/set"
+    assert "p" not in pump
+    # Every entity carries exactly its device-form config plus the shared keys.
+    for cid, entity in cmps.items():
+        single = payloads[f"homeassistant/{entity['p']}/{NODE}/{cid}/config"]
+        shared = {k: v for k, v in device.items() if k != "cmps"}
+        assert single == {**{k: v for k, v in entity.items() if k != "p"}, **shared}
+
+
+def test_components_mode_announces_each_entity_and_removes_stale_ones() -> None:
+    published = Published()
+    a = announcer(config(COMPONENTS), published)
+    a.announce()
+    topics = [t for t, _ in published.messages]
+    assert len(topics) == len(set(topics)) == 13
+    assert all(t.startswith("homeassistant/") and t.endswith("/config") for t in topics)
+    assert discovery_topic("homeassistant", "gh1") not in topics
+    smaller = config(COMPONENTS.replace("inputs:\n  door: {driver: gpio, pin: 27}\n", ""))
+    a.reconfigure(smaller, Topics("edge/gh1"))
+    assert (f"homeassistant/binary_sensor/{NODE}/input_door/config", b"") in published.messages
+    # A stale entity announced by an earlier run is found in its retained message.
+    b_published = Published()
+    b = announcer(smaller, b_published)
+    b.announce()
+    door_topic = f"homeassistant/binary_sensor/{NODE}/input_door/config"
+    retained = next(p for t, p in published.messages if t == door_topic and p)
+    assert b.handle(IncomingMessage(door_topic, retained, 1, True, None))
+    assert b_published.messages[-1] == (door_topic, b"")
+
+
+MIGRATE_BODY = b'{"migrate_discovery":true}'
+
+
+def test_switching_device_to_components_migrates_then_clears_the_device_message() -> None:
+    published = Published()
+    a = announcer(config(), published)
+    a.announce()
+    device_topic = discovery_topic("homeassistant", "gh1")
+    start = len(published.messages)
+    a.reconfigure(config(COMPONENTS), Topics("edge/gh1"))
+    sent = published.messages[start:]
+    assert sent[0] == (device_topic, MIGRATE_BODY)
+    assert sent[1] == (device_topic, b"")
+    assert {t for t, _ in sent[2:]} == set(
+        component_payloads(config(COMPONENTS), Topics("edge/gh1"), model="test")
+    )
+    # Only once: the next announcement has no migration.
+    start = len(published.messages)
+    a.announce()
+    assert all(t != device_topic for t, _ in published.messages[start:])
+
+
+def test_switching_components_to_device_migrates_every_entity_message() -> None:
+    published = Published()
+    a = announcer(config(COMPONENTS), published)
+    a.announce()
+    singles = [t for t, _ in published.messages]
+    start = len(published.messages)
+    a.reconfigure(config(), Topics("edge/gh1"))
+    sent = published.messages[start:]
+    for i, topic in enumerate(sorted(singles)):
+        assert sent[2 * i : 2 * i + 2] == [(topic, MIGRATE_BODY), (topic, b"")]
+    assert sent[-1][0] == discovery_topic("homeassistant", "gh1")
+    assert len(sent) == 2 * len(singles) + 1
+
+
+def test_a_restart_in_the_other_mode_migrates_what_the_retained_messages_show() -> None:
+    # An earlier run announced one message per entity; this one runs in device mode.
+    old = Published()
+    announcer(config(COMPONENTS), old).announce()
+    new_published = Published()
+    new = announcer(config(), new_published)
+    new.announce()
+    topic, body = old.messages[0]
+    assert new.handle(IncomingMessage(topic, body, 1, True, None))
+    assert new_published.messages[1:3] == [(topic, MIGRATE_BODY), (topic, b"")]
+    assert new_published.messages[-1][0] == discovery_topic("homeassistant", "gh1")
+    # ... and the reverse: a retained device message under components mode.
+    device_run = Published()
+    announcer(config(), device_run).announce()
+    comp_published = Published()
+    comp = announcer(config(COMPONENTS), comp_published)
+    comp.announce()
+    device_topic = discovery_topic("homeassistant", "gh1")
+    assert comp.handle(IncomingMessage(device_topic, device_run.messages[0][1], 1, True, None))
+    count = len(comp_published.messages)
+    assert comp_published.messages[13:15] == [(device_topic, MIGRATE_BODY), (device_topic, b"")]
+    # Echoes of our own messages start nothing new.
+    for t, p in comp_published.messages[:count]:
+        comp.handle(IncomingMessage(t, p, 1, False, None))
+    assert len(comp_published.messages) == count
+
+
+def test_discovery_off_in_components_mode_clears_every_entity_message() -> None:
+    published = Published()
+    a = announcer(config(COMPONENTS), published)
+    a.announce()
+    singles = {t for t, _ in published.messages}
+    off = config(COMPONENTS.replace("discovery: true", "discovery: false"))
+    a.reconfigure(off, Topics("edge/gh1"))
+    cleared = {t for t, p in published.messages[len(singles) :] if p == b""}
+    assert cleared == singles
