@@ -1,9 +1,12 @@
 """Reading a command payload (CONTRACT section 7): a pure function of its inputs.
 
 Everything that is not clearly a command is refused here, before any output is touched:
-an empty, oversized, non-UTF-8 or wrongly shaped payload is ``bad_payload``; a retained
-message is ``retained_command``; a ``ts`` older than ``commands.max_age`` (or further in
-the future than that: a controller with a wrong clock) is ``stale``.
+an empty, oversized, non-UTF-8 or wrongly shaped payload is ``bad_payload`` (so is JSON
+with a duplicate key, a number too long to be meant, a pulse shorter than
+:data:`MIN_DURATION_S`, and a ``toggle`` without an ``id``); a retained message is
+``retained_command``; a ``ts`` older than ``commands.max_age``, or further in the future
+than ``commands.max_skew`` (a controller with a wrong clock, or a command made to be
+replayed later), is ``stale``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ from agent.mqtt.payloads import parse_iso_ts
 MAX_PAYLOAD_BYTES = 4096
 #: The longest pulse a command may ask for: a week.
 MAX_DURATION_S = 7 * 86400.0
+#: The shortest pulse: below this a relay may not even pull in.
+MIN_DURATION_S = 0.05
 MAX_ID_LENGTH = 128
+#: The longest number literal read: 2**53 has 16 digits, a week in ms 9; anything longer is
+#: refused before it is converted (a 309-digit integer overflows a float).
+MAX_NUMBER_CHARS = 24
 
 Action = Literal["on", "off", "toggle"]
 ErrorCode = Literal[
@@ -71,6 +79,7 @@ def parse_command(
     retained: bool,
     now: float,
     max_age: float,
+    max_skew: float = 5.0,
 ) -> Command:
     """The command in ``payload``.
 
@@ -79,6 +88,7 @@ def parse_command(
         retained: the message's retain flag (as published, under MQTT 5).
         now: the current unix time.
         max_age: ``commands.max_age`` in seconds.
+        max_skew: ``commands.max_skew``: how far in the future a ``ts`` may be.
 
     Raises:
         CommandRefused: with the reply's error code; ``command_id`` is the payload's ``id``
@@ -109,8 +119,16 @@ def parse_command(
                 "bad_payload",
                 f"{_preview(text)} is not a command; send on, off, toggle or a JSON object",
             )
+        if action == "toggle":
+            raise CommandRefused("bad_payload", _TOGGLE_NEEDS_ID)
         return Command(action)
-    return _from_json(body, command_id, now=now, max_age=max_age)
+    return _from_json(body, command_id, now=now, max_age=max_age, max_skew=max_skew)
+
+
+_TOGGLE_NEEDS_ID = (
+    "toggle needs an id: a redelivered toggle would undo itself; "
+    'send {"state": "toggle", "id": "..."} or on/off'
+)
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
@@ -118,7 +136,15 @@ def _json_object(text: str) -> dict[str, Any] | None:
     if not text.startswith("{"):
         return None
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_int=_bounded_int,
+            parse_float=_bounded_float,
+            object_pairs_hook=_unique_keys,
+        )
+    except CommandRefused:
+        raise
     except (ValueError, RecursionError) as e:
         raise CommandRefused("bad_payload", f"invalid JSON: {e}") from None
     if not isinstance(body, dict):
@@ -128,6 +154,32 @@ def _json_object(text: str) -> dict[str, Any] | None:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number")
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise CommandRefused("bad_payload", f"a number of {len(literal)} digits is out of range")
+    return int(literal)
+
+
+def _bounded_float(literal: str) -> float:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise CommandRefused("bad_payload", f"a number of {len(literal)} characters is too long")
+    value = float(literal)
+    if not math.isfinite(value):
+        raise CommandRefused("bad_payload", f"{literal} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object that names each key once: ``{"state":"off","state":"on"}`` is not a
+    command whose last key wins, it is ambiguous."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise CommandRefused("bad_payload", f"duplicate key {_preview(key)}")
+        out[key] = value
+    return out
 
 
 def _command_id(body: dict[str, Any]) -> str | int | None:
@@ -150,7 +202,12 @@ def _is_text(value: str) -> bool:
 
 
 def _from_json(
-    body: dict[str, Any], command_id: str | int | None, *, now: float, max_age: float
+    body: dict[str, Any],
+    command_id: str | int | None,
+    *,
+    now: float,
+    max_age: float,
+    max_skew: float,
 ) -> Command:
     def refuse(message: str) -> CommandRefused:
         return CommandRefused("bad_payload", message, command_id)
@@ -164,15 +221,19 @@ def _from_json(
     if not isinstance(state, str) or state.strip().lower() not in PLAIN_ACTIONS:
         raise refuse('"state" must be "on", "off" or "toggle"')
     action = PLAIN_ACTIONS[state.strip().lower()]
+    if action == "toggle" and command_id is None:
+        raise refuse(_TOGGLE_NEEDS_ID)
     duration = body.get("duration")
     if duration is not None:
         if (
             isinstance(duration, bool)
             or not isinstance(duration, int | float)
             or not math.isfinite(duration)
-            or not 0 < duration <= MAX_DURATION_S
+            or not MIN_DURATION_S <= duration <= MAX_DURATION_S
         ):
-            raise refuse(f'"duration" must be seconds, more than 0 and at most {MAX_DURATION_S:g}')
+            raise refuse(
+                f'"duration" must be seconds, from {MIN_DURATION_S:g} to {MAX_DURATION_S:g}'
+            )
         duration = float(duration)
     ts = body.get("ts")
     sent: float | None = None
@@ -188,10 +249,11 @@ def _from_json(
             raise CommandRefused(
                 "stale", f"the command is {age:.1f} s old; at most {max_age:g} s", command_id
             )
-        if -age > max_age:
+        if -age > max_skew:
             raise CommandRefused(
                 "stale",
-                f"the command's ts is {-age:.1f} s in the future: check the sender's clock",
+                f"the command's ts is {-age:.1f} s in the future (at most {max_skew:g} s): "
+                "check the sender's clock",
                 command_id,
             )
     return Command(action, duration=duration, id=command_id, ts=sent)

@@ -11,6 +11,7 @@ from agent.commands.parse import (
     MAX_DURATION_S,
     MAX_ID_LENGTH,
     MAX_PAYLOAD_BYTES,
+    MIN_DURATION_S,
     Action,
     Command,
     CommandRefused,
@@ -20,11 +21,12 @@ from agent.mqtt.payloads import parse_iso_ts
 
 NOW = parse_iso_ts("2026-11-23T04:11:27Z")
 MAX_AGE = 30.0
+MAX_SKEW = 5.0
 
 
 def parse(payload: bytes | str, *, retained: bool = False, now: float = NOW) -> Command:
     raw = payload.encode() if isinstance(payload, str) else payload
-    return parse_command(raw, retained=retained, now=now, max_age=MAX_AGE)
+    return parse_command(raw, retained=retained, now=now, max_age=MAX_AGE, max_skew=MAX_SKEW)
 
 
 def refused(payload: bytes | str, *, retained: bool = False, now: float = NOW) -> CommandRefused:
@@ -42,7 +44,6 @@ def as_json(body: dict[str, Any]) -> str:
 PLAIN: list[tuple[str, Action]] = [
     ("on", "on"),
     ("off", "off"),
-    ("toggle", "toggle"),
     ("1", "on"),
     ("0", "off"),
     ("true", "on"),
@@ -65,9 +66,21 @@ def test_plain_commands_ignore_surrounding_whitespace(
 
 
 def test_mixed_case_plain_command() -> None:
-    assert parse("ToGgLe").action == "toggle"
     assert parse("oN").action == "on"
     assert parse("TrUe").action == "on"
+
+
+@pytest.mark.parametrize("payload", ["toggle", "TOGGLE", " Toggle\n", '{"state": "toggle"}'])
+def test_toggle_without_an_id_is_refused(payload: str) -> None:
+    # An id-less command may be delivered twice (QoS 1 after a stall); on and off repeat
+    # harmlessly, a repeated toggle undoes itself.
+    error = refused(payload)
+    assert error.code == "bad_payload"
+    assert "id" in error.message
+
+
+def test_toggle_with_an_id_is_accepted() -> None:
+    assert parse('{"state": "toggle", "id": "t-1"}') == Command("toggle", id="t-1")
 
 
 def test_a_plain_command_has_no_id_duration_or_ts() -> None:
@@ -82,7 +95,7 @@ def test_a_plain_command_has_no_id_duration_or_ts() -> None:
 def test_json_state(state: str) -> None:
     expected = {"on": "on", "1": "on", "true": "on", "off": "off", "0": "off", "false": "off"}
     word = state.strip().lower()
-    assert parse(as_json({"state": state})).action == expected.get(word, word)
+    assert parse(as_json({"state": state, "id": 1})).action == expected.get(word, word)
 
 
 def test_json_with_every_field() -> None:
@@ -92,7 +105,7 @@ def test_json_with_every_field() -> None:
     )
 
 
-@pytest.mark.parametrize("duration", [0.001, 0.5, 1, 30, 86400, MAX_DURATION_S])
+@pytest.mark.parametrize("duration", [MIN_DURATION_S, 0.5, 1, 30, 86400, MAX_DURATION_S])
 def test_json_duration_in_range_is_seconds(duration: float) -> None:
     command = parse(as_json({"state": "on", "duration": duration}))
     assert command.duration == pytest.approx(duration)
@@ -109,7 +122,7 @@ def test_json_id_may_be_a_string_or_an_integer(command_id: str | int) -> None:
     [
         "2026-11-23T04:11:27Z",
         "2026-11-23T04:11:00Z",  # 27 s old: within max_age
-        "2026-11-23T04:11:50Z",  # 23 s ahead: a clock slightly fast is tolerated
+        "2026-11-23T04:11:32Z",  # 5 s ahead: a clock slightly fast is tolerated (max_skew)
         "2026-11-23T04:11:27.500Z",
         "2026-11-23T05:11:27+01:00",
         "2026-11-23T04:11:27",  # no offset: UTC
@@ -207,7 +220,22 @@ def test_missing_state_is_bad_payload() -> None:
 
 @pytest.mark.parametrize(
     "duration",
-    [0, 0.0, -1, -0.5, True, False, "30", "30s", [30], {"s": 30}, MAX_DURATION_S + 1, 1e308],
+    [
+        0,
+        0.0,
+        -1,
+        -0.5,
+        True,
+        False,
+        "30",
+        "30s",
+        [30],
+        {"s": 30},
+        MAX_DURATION_S + 1,
+        1e308,
+        1e-300,  # a 1e-300 s pulse: the relay would barely click
+        0.049,
+    ],
 )
 def test_bad_duration_is_bad_payload(duration: Any) -> None:
     error = refused(as_json({"state": "on", "duration": duration, "id": "d"}))
@@ -225,6 +253,31 @@ def test_nan_and_infinity_literals_are_bad_payload(literal: str) -> None:
 def test_overflowing_number_literal_is_bad_payload() -> None:
     # 1e999 is read as inf by json: it must not become a never-ending pulse.
     assert refused('{"state": "on", "duration": 1e999}').code == "bad_payload"
+
+
+@pytest.mark.parametrize("key", ["duration", "id", "ts", "state"])
+@pytest.mark.parametrize("digits", [25, 309, 5000])
+def test_huge_number_literal_is_bad_payload_before_conversion(key: str, digits: int) -> None:
+    # A 309-digit integer overflows float(); one of 5000 digits exceeds int()'s limit.
+    body = '{"state": "on", "%s": %s}' % (key, "9" * digits)  # noqa: UP031
+    error = refused(body)
+    assert error.code == "bad_payload"
+    assert "9" * 20 not in error.message  # the number is not echoed back
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"state": "off", "state": "on"}',
+        '{"state": "on", "id": "a", "id": "b"}',
+        '{"state": "on", "duration": 1, "duration": 600}',
+        '{"state": "on", "x": {"a": 1, "a": 2}}',
+    ],
+)
+def test_duplicate_json_keys_are_bad_payload(body: str) -> None:
+    error = refused(body)
+    assert error.code == "bad_payload"
+    assert "duplicate" in error.message
 
 
 @pytest.mark.parametrize(
@@ -273,8 +326,12 @@ def test_ts_older_than_max_age_is_stale(ts: str) -> None:
     assert "old" in error.message
 
 
-@pytest.mark.parametrize("ts", ["2026-11-23T04:11:58Z", "2026-11-24T00:00:00Z"])
-def test_ts_further_ahead_than_max_age_is_stale(ts: str) -> None:
+@pytest.mark.parametrize(
+    "ts", ["2026-11-23T04:11:32.010Z", "2026-11-23T04:11:52Z", "2026-11-24T00:00:00Z"]
+)
+def test_ts_further_ahead_than_max_skew_is_stale(ts: str) -> None:
+    # A ts 25 s ahead would otherwise stay acceptable for 55 s: longer than its id is
+    # remembered for (max_age + max_skew), so it could be carried out twice.
     error = refused(as_json({"state": "on", "ts": ts}))
     assert error.code == "stale"
     assert "future" in error.message

@@ -142,15 +142,15 @@ def test_every_plain_and_json_form(
     forms: list[tuple[str, str]] = [
         ("on", "on"),
         ("OFF", "off"),
-        ("toggle", "on"),
-        (" Toggle\n", "off"),
+        ('{"state": "toggle", "id": "t-1"}', "on"),
+        ('{"state": " Toggle\\n", "id": "t-2"}', "off"),
         ("1", "on"),
         ("0", "off"),
         ("true", "on"),
         ("False", "off"),
         ('{"state": "on"}', "on"),
         (f'{{"state": "off", "ts": "{iso_ts(time.time())}"}}', "off"),
-        ('{"state": "toggle"}', "on"),
+        ('{"state": "toggle", "id": 3}', "on"),
         ('{"state": "OFF", "id": 7}', "off"),
     ]
     with Collector(broker.port, f"{base}/#") as c:
@@ -226,8 +226,9 @@ def test_interlock_switches_the_other_off_first_under_racing_commands(
         try:
             for i in range(40):
                 for racer, name in zip(racers, ("pump", "heater"), strict=True):
+                    toggle = json.dumps({"state": "toggle", "id": f"{name}-{i}"})
                     racer.client.publish(
-                        f"{base}/output/{name}/set", "on" if i % 3 else "toggle", qos=1
+                        f"{base}/output/{name}/set", "on" if i % 3 else toggle, qos=1
                     )
             c.wait_for(lambda m: m.topic == f"{base}/reply", count=80, timeout=15)
         finally:
