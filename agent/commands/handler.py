@@ -1,30 +1,43 @@
 """Judging and answering commands (CONTRACT section 7).
 
 Every message on a set topic is one command and gets exactly one reply on
-``<base>/reply`` and, when it names an MQTT 5 response topic, one there too (with its
-correlation data). Nothing here runs on paho's thread: the transport hands messages to the
-event loop first.
+``<base>/reply`` and, when it names an acceptable MQTT 5 response topic, one there too
+(with its correlation data). Nothing here runs on paho's thread: the transport hands
+messages to the event loop first.
+
+A response topic is acceptable only where nobody could mistake a reply for something
+else: not a ``$`` topic, not under ``<topic_prefix>/#`` (this agent's and its peers'
+state, status and set topics) nor under the Home Assistant discovery prefix, and, when
+``commands.response_prefix`` is set, under it. A command naming any other response topic
+is refused (``bad_payload``) on ``<base>/reply`` only: otherwise anyone who may publish a
+command could make the agent publish ``"state": "on"`` on another output's state topic.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from agent.actuation.outputs import OutputController
-from agent.commands.parse import CommandRefused, parse_command
+from agent.commands.parse import Command, CommandRefused, parse_command
+from agent.commands.seen import Seen, SeenCommands
 from agent.mqtt.payloads import encode_json, iso_ts
 from agent.mqtt.topics import Topics
 from agent.mqtt.transport import IncomingMessage
 
 log = logging.getLogger(__name__)
 
-#: How many accepted command ids are remembered to recognise a redelivery.
-REMEMBERED_IDS = 256
+#: An output name, as the config allows it.
+OUTPUT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: The longest topic MQTT can carry.
+MAX_TOPIC_BYTES = 65535
 
 
 class LatencyHistogram:
@@ -61,7 +74,14 @@ class CommandHandler:
         topics: the device's topics.
         outputs: the outputs commands switch.
         max_age: ``commands.max_age`` in seconds.
+        max_skew: ``commands.max_skew``: how far ahead a command's ``ts`` may be.
         send: publishes a reply (QoS 1, not retained).
+        reserved_prefixes: topic prefixes a reply must never be published under (the
+            ``topic_prefix`` and the Home Assistant prefix); the device's base always is.
+        response_prefix: ``commands.response_prefix``: when set, response topics must be
+            under it.
+        seen: the memory of accepted commands (shared across reloads); default: a fresh
+            one in memory only.
         clock: wall clock, for staleness and reply ``ts``.
     """
 
@@ -72,107 +92,198 @@ class CommandHandler:
         outputs: OutputController,
         max_age: float,
         send: Callable[[Reply], None],
+        max_skew: float = 5.0,
+        reserved_prefixes: Iterable[str] = (),
+        response_prefix: str | None = None,
+        seen: SeenCommands | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._topics = topics
         self._outputs = outputs
         self._max_age = max_age
+        self._max_skew = max_skew
         self._send = send
+        self._reserved = (*reserved_prefixes, topics.base)
+        self._response_prefix = response_prefix
+        self._seen = seen if seen is not None else SeenCommands(path=None)
         self._clock = clock
-        self._accepted: OrderedDict[tuple[str, str | int, bytes], tuple[float, dict[str, Any]]] = (
-            OrderedDict()
-        )
         #: (output, "ok" or error code) -> count, for /metrics.
         self.results: Counter[tuple[str, str]] = Counter()
         #: Seconds from arrival on the loop to the reply handed to the transport.
         self.latency = LatencyHistogram()
 
     def handle(self, message: IncomingMessage) -> None:
-        """Judge ``message``; ignored unless it is on a set topic."""
-        name = self._topics.output_of_set_topic(message.topic)
+        """Judge ``message``; ignored unless it is on a set topic (``<base>/output/.../set``,
+        malformed ones included: those are answered ``bad_payload``)."""
+        name = self._topics.set_topic_level(message.topic)
         if name is None:
             log.debug("ignoring message on %s", message.topic)
             return
         started = time.monotonic()
         now = self._clock()
-        body = self._judge(name, message, now)
-        self.results[(name, "ok" if body["ok"] else str(body["error"]))] += 1
+        route: tuple[str, bytes | None] | None = None
+        try:
+            route = self._route(message)
+            body = self._judge(name, message, now)
+        except CommandRefused as e:
+            body = self._refusal(name, e, now)
+        # Only configured outputs get a label of their own: a topic name is anyone's.
+        self.results[(name if name in self._outputs else "", _result(body))] += 1
         payload = encode_json(body)
         self._send(Reply(self._topics.reply, payload))
-        response_topic, correlation = _response_route(message)
-        if response_topic is not None:
-            self._send(Reply(response_topic, payload, correlation))
+        if route is not None:
+            self._send(Reply(route[0], payload, route[1]))
         self.latency.observe(time.monotonic() - started)
 
+    @property
+    def seen(self) -> SeenCommands:
+        """The memory of accepted commands, to hand to the next handler on a reload."""
+        return self._seen
+
+    def _route(self, message: IncomingMessage) -> tuple[str, bytes | None] | None:
+        """The MQTT 5 response topic and correlation data to reply to as well, if any.
+
+        Raises:
+            CommandRefused: the message names a response topic the agent will not use.
+        """
+        props = message.properties
+        topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        if topic is None:
+            return None
+        problem = response_topic_problem(
+            topic, reserved=self._reserved, response_prefix=self._response_prefix
+        )
+        if problem is not None:
+            raise CommandRefused("bad_payload", f"the response topic {problem}; not acted on")
+        correlation = getattr(props, "CorrelationData", None)
+        return topic, bytes(correlation) if correlation is not None else None
+
+    def _refusal(self, name: str, e: CommandRefused, now: float) -> dict[str, Any]:
+        log.warning("command to %r refused (%s): %s", name, e.code, e.message)
+        return {
+            "id": e.command_id,
+            "output": name,
+            "ok": False,
+            "error": e.code,
+            "message": e.message,
+            "ts": iso_ts(now),
+        }
+
     def carry_over(self, previous: CommandHandler) -> None:
-        """Keep the counters of the handler this one replaces (after a reload)."""
+        """Keep the counters of the handler this one replaces (after a reload); the memory
+        of accepted commands is shared by passing ``seen=previous.seen``."""
         self.results = previous.results
         self.latency = previous.latency
 
     def _judge(self, name: str, message: IncomingMessage, now: float) -> dict[str, Any]:
-        command_id: str | int | None = None
-        try:
-            if _expired(message):
-                raise CommandRefused("stale", "the command's MQTT message expiry has passed")
-            command = parse_command(
-                message.payload, retained=message.retain, now=now, max_age=self._max_age
+        """The reply body of an accepted command (carried out, or recognised as a
+        redelivery of one that was).
+
+        Raises:
+            CommandRefused: with the refusal's code.
+        """
+        if not OUTPUT_NAME.fullmatch(name):
+            raise CommandRefused(
+                "bad_payload",
+                "not a set topic: <base>/output/<name>/set, a name of letters, digits, _ and -",
             )
-            command_id = command.id
-            if name not in self._outputs:
+        if _expired(message):
+            raise CommandRefused("stale", "the command's MQTT message expiry has passed")
+        command = parse_command(
+            message.payload,
+            retained=message.retain,
+            now=now,
+            max_age=self._max_age,
+            max_skew=self._max_skew,
+        )
+        if name not in self._outputs:
+            raise CommandRefused(
+                "unknown_output", f"this device has no output named {name!r}", command.id
+            )
+        if command.id is None:
+            return self._carry_out(name, command, now)
+        # A command with an id is carried out at most once while it could be accepted:
+        # a QoS 1 redelivery (same output, id and payload) is answered again, never acted
+        # on twice (a repeated toggle would undo the first); the same id with another
+        # payload is a reuse, refused.
+        key = json.dumps([name, command.id])
+        digest = hashlib.sha256(message.payload).hexdigest()[:32]
+        seen = self._seen.get(key, now)
+        if seen is not None:
+            if seen.digest != digest:
                 raise CommandRefused(
-                    "unknown_output",
-                    f"no output named {name!r}; outputs: {', '.join(self._outputs.names) or '-'}",
-                    command_id,
+                    "bad_payload",
+                    f"id {command.id!r} was already used for another command to {name} "
+                    f"within the last {self._max_age + self._max_skew:g} s",
+                    command.id,
                 )
-            # A QoS 1 redelivery (same output, id and payload within max_age) of a command
-            # already carried out is answered again but never acted on twice: a repeated
-            # toggle would undo the first.
-            key = (name, command_id, message.payload) if command_id is not None else None
-            self._forget_before(now - self._max_age)
-            if key is not None and key in self._accepted:
-                return {**self._accepted[key][1], "duplicate": True, "ts": iso_ts(now)}
-            state = self._outputs.command(name, command)
-        except CommandRefused as e:
-            command_id = e.command_id if e.command_id is not None else command_id
-            log.warning("command to %s refused (%s): %s", name, e.code, e.message)
-            return {
-                "id": command_id,
-                "output": name,
-                "ok": False,
-                "error": e.code,
-                "message": e.message,
-                "ts": iso_ts(now),
-            }
-        body: dict[str, Any] = {
-            "id": command_id,
+            earlier = seen.reply if seen.reply is not None else self._state_body(name, command)
+            return {**earlier, "duplicate": True, "ts": iso_ts(now)}
+        if self._seen.full(now):
+            raise CommandRefused(
+                "rate_limited",
+                f"{len(self._seen)} commands with an id within max_age: no more can be "
+                "told apart from redeliveries until the oldest expire",
+                command.id,
+            )
+        body = self._carry_out(name, command, now)
+        # Until when this command could still be accepted (and so must be recognised).
+        until = (
+            command.ts + self._max_age
+            if command.ts is not None
+            else now + self._max_age + self._max_skew
+        )
+        self._seen.add(key, Seen(until=until, digest=digest, reply=body))
+        return body
+
+    def _carry_out(self, name: str, command: Command, now: float) -> dict[str, Any]:
+        state = self._outputs.command(name, command)
+        return {
+            "id": command.id,
             "output": name,
             "ok": True,
             "state": "on" if state.on else "off",
             "until": iso_ts(state.until) if state.until is not None else None,
             "ts": iso_ts(now),
         }
-        if key is not None:
-            self._accepted[key] = (now, body)
-            while len(self._accepted) > REMEMBERED_IDS:
-                self._accepted.popitem(last=False)
-        return body
 
-    def _forget_before(self, cutoff: float) -> None:
-        while self._accepted:
-            key, (accepted_at, _) = next(iter(self._accepted.items()))
-            if accepted_at >= cutoff:
-                return
-            del self._accepted[key]
+    def _state_body(self, name: str, command: Command) -> dict[str, Any]:
+        """A reply for a redelivery whose first reply this process never had (it was
+        accepted before a restart): the output's state now."""
+        state = self._outputs.state(name)
+        return {
+            "id": command.id,
+            "output": name,
+            "ok": True,
+            "state": "on" if state is not None and state.on else "off",
+            "until": iso_ts(state.until) if state is not None and state.until else None,
+        }
 
 
-def _response_route(message: IncomingMessage) -> tuple[str | None, bytes | None]:
-    """The MQTT 5 response topic and correlation data of ``message``, if it has them."""
-    props = message.properties
-    topic = getattr(props, "ResponseTopic", None) if props is not None else None
-    if not isinstance(topic, str) or not topic or "+" in topic or "#" in topic:
-        return None, None
-    correlation = getattr(props, "CorrelationData", None)
-    return topic, bytes(correlation) if correlation is not None else None
+def response_topic_problem(
+    topic: object, *, reserved: Iterable[str], response_prefix: str | None = None
+) -> str | None:
+    """Why ``topic`` may not be replied to (a phrase), or None when it may."""
+    if not isinstance(topic, str) or not topic:
+        return "is empty"
+    if "+" in topic or "#" in topic or "\x00" in topic:
+        return "has a wildcard or a NUL character"
+    if topic.startswith("$"):
+        return "is a $ topic (the broker's)"
+    if len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+        return "is too long"
+    for prefix in reserved:
+        if topic == prefix or topic.startswith(prefix + "/"):
+            return f"is under {prefix}/#, where devices publish and take commands"
+    if response_prefix is not None and not (
+        topic == response_prefix or topic.startswith(response_prefix + "/")
+    ):
+        return f"is not under commands.response_prefix ({response_prefix}/#)"
+    return None
+
+
+def _result(body: dict[str, Any]) -> str:
+    return "ok" if body["ok"] else str(body["error"])
 
 
 def _expired(message: IncomingMessage) -> bool:

@@ -80,6 +80,15 @@ def parse_config(
 
 
 def _check_references(config: Config, problems: Problems) -> None:
+    response_prefix = config.commands.response_prefix
+    if response_prefix is not None:
+        for reserved in (config.mqtt.topic_prefix, config.homeassistant.prefix):
+            if response_prefix == reserved or response_prefix.startswith(reserved + "/"):
+                problems.add(
+                    ("commands", "response_prefix"),
+                    f"must not be under {reserved}/#: replies there could pass for a "
+                    "device's own state or a discovery message",
+                )
     for name, output in config.outputs.items():
         for i, other in enumerate(output.interlock):
             if other == name:

@@ -99,10 +99,22 @@ class BufferConfig(Options, frozen=True):
     durability: Literal["offline", "always"] = "offline"
 
 
+ResponsePrefix = Annotated[
+    str, msgspec.Meta(pattern=r"^[^#+/\x00$][^#+/\x00]*(/[^#+/\x00]+)*$", min_length=1)
+]
+
+
 class CommandsConfig(Options, frozen=True):
     """How remote commands are judged."""
 
+    #: Commands whose ``ts`` is older than this are refused (``stale``).
     max_age: PositiveSeconds = 30.0
+    #: ... and so are those whose ``ts`` is further ahead than this (the sender's clock
+    #: may be a little fast; a command dated far ahead could be replayed later).
+    max_skew: Seconds = 5.0
+    #: MQTT 5 response topics must be under this prefix; null: any topic outside
+    #: ``<topic_prefix>/#``, the Home Assistant prefix and ``$`` topics.
+    response_prefix: ResponsePrefix | None = None
 
 
 class HomeAssistantConfig(Options, frozen=True):

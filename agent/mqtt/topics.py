@@ -52,6 +52,19 @@ class Topics:
     def output_set(self, name: str) -> str:
         return f"{self.base}/output/{name}/set"
 
+    def set_topic_level(self, topic: str) -> str | None:
+        """What stands between ``<base>/output/`` and ``/set`` in ``topic`` (possibly empty,
+        possibly several levels: a malformed set topic), or None when ``topic`` does not
+        have that shape at all."""
+        prefix, suffix = f"{self.base}/output/", "/set"
+        if (
+            len(topic) >= len(prefix) + len(suffix)
+            and topic.startswith(prefix)
+            and topic.endswith(suffix)
+        ):
+            return topic[len(prefix) : -len(suffix)]
+        return None
+
     def output_of_set_topic(self, topic: str) -> str | None:
         """The output name in a set topic, or None when ``topic`` is not one."""
         prefix, suffix = f"{self.base}/output/", "/set"

@@ -1,10 +1,13 @@
 """Fuzz: 10 000 random messages against the real handler, controller and relay drivers.
 
 Whatever arrives (any topic, any bytes, retained or not, with or without MQTT 5
-properties), ``handle`` never raises; every message on a set topic gets exactly one
-well-formed reply on ``<base>/reply`` (and one on a valid response topic), nothing else
-gets any; a pin moves only for an accepted command that changes a state (or, between
-messages, for a timer); two interlocked outputs are never on together.
+properties), ``handle`` never raises; every message on a set topic (malformed ones too)
+gets exactly one well-formed reply on ``<base>/reply`` (and one on an acceptable response
+topic), nothing else gets any; no reply is ever published under ``<topic_prefix>/#``
+(other than ``<base>/reply``), the Home Assistant prefix or a ``$`` topic; a pin moves
+only for an accepted command that changes a state (or, between messages, for a timer);
+no command id is acted on twice within its window (the clock stands still here, so
+never); two interlocked outputs are never on together.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ MAX_AGE = 30.0
 BASE = "edge/fuzz-1"
 TOPICS = Topics(BASE)
 ERROR_CODES = frozenset(get_args(ErrorCode))
-SET_TOPIC = re.compile(rf"^{re.escape(BASE)}/output/([^/]+)/set$")
+SET_TOPIC = re.compile(rf"^{re.escape(BASE)}/output/(.*)/set$", re.DOTALL)
+OUTPUT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TOPIC_PREFIX = "edge"
+HA_PREFIX = "homeassistant"
 
 #: name -> (GPIO, active_high). "ghost" cannot be opened: its pin is taken.
 PINS = {
@@ -80,7 +86,8 @@ json_values: st.SearchStrategy[Any] = st.one_of(
 )
 state_values = st.one_of(plain_command, st.sampled_from(["", "maybe", "onn"]), json_values)
 duration_values = st.one_of(
-    st.floats(min_value=1e-4, max_value=5e-3),  # pulses that end between messages
+    st.floats(min_value=0.05, max_value=0.2),  # pulses that end a few hundred messages on
+    st.floats(min_value=1e-300, max_value=0.05, exclude_max=True),  # too short: refused
     st.floats(min_value=60, max_value=7 * 86400),
     st.floats(),
     st.integers(min_value=-10, max_value=10**7),
@@ -134,7 +141,20 @@ def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[
     return pick()
 
 
+#: Valid commands from a small pool of ids: redeliveries (same payload) and reuses (same
+#: id, another payload) of commands that were carried out.
+ID_POOL = [f"c-{i}" for i in range(8)] + [1, 2, 3, 4]
+valid_with_id = st.builds(
+    lambda state, command_id, duration: json.dumps(
+        {"state": state, "id": command_id, **({"duration": duration} if duration else {})}
+    ).encode(),
+    st.sampled_from(["on", "off", "toggle"]),
+    st.sampled_from(ID_POOL),
+    st.sampled_from([None, None, 600]),
+)
+
 payloads = weighted(
+    (2, valid_with_id),
     (4, plain_command.map(str.encode)),
     (4, json_payloads()),
     (1, st.binary(max_size=64)),
@@ -184,7 +204,29 @@ topics = weighted(
 )
 
 
-RESPONSE_TOPICS = [None, None, "", "ctl/resp/1", "ctl/+/x", "ctl/#", TOPICS.reply, "ctl/ü"]
+RESPONSE_TOPICS = [
+    None,
+    None,
+    None,
+    "ctl/resp/1",
+    "ctl/resp/1",
+    "ctl/ü",
+    "edgy/x",
+    "/edge/x",
+    # Refused: wildcards, empty, and every topic a reply could be mistaken on.
+    "",
+    "ctl/+/x",
+    "ctl/#",
+    TOPICS.reply,
+    TOPICS.output_state("heater"),
+    TOPICS.status,
+    "edge/other-device/output/pump/state",
+    "edge",
+    "homeassistant/switch/x/config",
+    "homeassistant",
+    "$SYS/broker/x",
+    "$share/g/x",
+]
 
 
 @st.composite
@@ -229,9 +271,24 @@ def quiet() -> Iterator[None]:
     logger.setLevel(level)
 
 
+def under(topic: str, prefix: str) -> bool:
+    return topic == prefix or topic.startswith(prefix + "/")
+
+
 def valid_response_topic(props: Properties | None) -> str | None:
+    """The response topic a reply may go to: no wildcard or NUL (MQTT forbids them in a
+    topic name), not a $ topic, not under the topic prefix or the Home Assistant prefix."""
     topic = getattr(props, "ResponseTopic", None) if props is not None else None
-    if isinstance(topic, str) and topic and "+" not in topic and "#" not in topic:
+    if (
+        isinstance(topic, str)
+        and topic
+        and "+" not in topic
+        and "#" not in topic
+        and "\x00" not in topic
+        and not topic.startswith("$")
+        and not under(topic, TOPIC_PREFIX)
+        and not under(topic, HA_PREFIX)
+    ):
         return topic
     return None
 
@@ -272,9 +329,16 @@ def test_random_messages_never_break_the_rules(tmp_path: Path, quiet: None) -> N
     outputs.connected()
     sent: list[Reply] = []
     handler = CommandHandler(
-        topics=TOPICS, outputs=outputs, max_age=MAX_AGE, send=sent.append, clock=lambda: NOW
+        topics=TOPICS,
+        outputs=outputs,
+        max_age=MAX_AGE,
+        send=sent.append,
+        reserved_prefixes=(TOPIC_PREFIX, HA_PREFIX),
+        clock=lambda: NOW,
     )
     seen: Counter[str] = Counter()
+    #: (output, id) of every command with an id that was carried out.
+    acted_on: set[tuple[str, str]] = set()
 
     pins = {name: (rig.pin(n), active_high) for name, (n, active_high) in PINS.items()}
     del pins["ghost"]
@@ -312,7 +376,14 @@ def test_random_messages_never_break_the_rules(tmp_path: Path, quiet: None) -> N
             seen["not a set topic"] += 1
             return
         name = match.group(1)
+        for reply in sent:  # never reflected onto a topic a device or Home Assistant uses
+            assert reply.topic == TOPICS.reply or not (
+                under(reply.topic, TOPIC_PREFIX)
+                or under(reply.topic, HA_PREFIX)
+                or reply.topic.startswith("$")
+            ), reply.topic
         response_topic = valid_response_topic(message.properties)
+        asked = getattr(message.properties, "ResponseTopic", None)
         assert [r.topic for r in sent] == [TOPICS.reply] + (
             [response_topic] if response_topic else []
         )
@@ -324,7 +395,13 @@ def test_random_messages_never_break_the_rules(tmp_path: Path, quiet: None) -> N
         body = check_reply_body(sent[0].payload, name)
 
         payload = message.payload
-        if getattr(message.properties, "MessageExpiryInterval", None) == 0:
+        if not OUTPUT_NAME.match(name):
+            assert body["error"] == "bad_payload"  # output//set, a/b, spaces ...
+            seen["malformed set topic"] += 1
+        elif asked is not None and response_topic is None:
+            assert body["error"] == "bad_payload"
+            seen["refused response topic"] += 1
+        elif getattr(message.properties, "MessageExpiryInterval", None) == 0:
             assert body["error"] == "stale"  # expired in transit: not even read
         elif not payload or len(payload) > MAX_PAYLOAD_BYTES:
             assert body["error"] == "bad_payload"
@@ -342,6 +419,10 @@ def test_random_messages_never_break_the_rules(tmp_path: Path, quiet: None) -> N
             seen["duplicate" if body.get("duplicate") else body["error"]] += 1
             return
         seen["ok"] += 1
+        if body["id"] is not None:
+            key = (name, json.dumps(body["id"]))
+            assert key not in acted_on, f"command id {key} acted on twice"
+            acted_on.add(key)
         target = body["state"] == "on"
         assert after[name] is target
         state = outputs.state(name)
@@ -361,6 +442,8 @@ def test_random_messages_never_break_the_rules(tmp_path: Path, quiet: None) -> N
         assert seen["ok"] > 200 and seen["switched"] > 100 and seen["interlock"] > 5, seen
         assert seen["not a set topic"] > 200, seen
         assert seen["duplicate"] > 0, seen
+        assert seen["malformed set topic"] > 20 and seen["refused response topic"] > 100, seen
+        assert len(acted_on) > 20, acted_on
         for code in ERROR_CODES:
             assert seen[code] > 0, (code, seen)
         assert sum(seen.values()) - seen["switched"] - seen["interlock"] >= 10_000
