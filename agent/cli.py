@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -148,6 +149,9 @@ def setup_logging(level: str = "info", *, secrets: Iterable[str] = ()) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Every file the agent makes is its own (0600, directories 0700), under systemd
+    # (UMask=0077 in the unit) or not.
+    os.umask(0o077)
     loaded = _load(args.config)
     from agent.runtime.logging_setup import config_secrets
 

@@ -6,6 +6,7 @@
 #   sudo deploy/install.sh --from .           # from a checkout (a directory with pyproject.toml)
 #   sudo deploy/install.sh --wheels DIR       # offline, from a wheelhouse (`pip wheel -w DIR .`)
 #   sudo deploy/install.sh --config my.yaml   # also install this config
+#   echo "$PW" | sudo deploy/install.sh --mqtt-password-stdin   # write /etc/edge-agent/mqtt.pass
 #
 # What it does, each step only when needed:
 #   1. apt: python3, python3-venv, procps (the unit's ExecReload uses /bin/kill), and
@@ -16,7 +17,10 @@
 #      /dev/gpiochip*, /dev/gpiomem and /dev/i2c-*), the system user and group edge-agent.
 #   3. a venv at /opt/edge-agent/venv (--system-site-packages, to see python3-lgpio), and
 #      pi-edge-agent installed or upgraded in it.
-#   4. /etc/edge-agent/config.yaml (0640 root:edge-agent): --config FILE, or, only when
+#   4. /etc/edge-agent/mqtt.pass (0640 root:edge-agent) from standard input with
+#      --mqtt-password-stdin; an existing one is checked (not empty) and given that owner
+#      and mode (the agent refuses a password file that others can read).
+#      /etc/edge-agent/config.yaml (0640 root:edge-agent): --config FILE, or, only when
 #      there is none yet, a minimal config that publishes the Pi's own health to an MQTT
 #      broker on localhost. An existing config is never overwritten without --config.
 #   5. `edge-agent check` of that config as the service user, before it replaces the old
@@ -47,10 +51,37 @@ Options:
   --version SPEC   a version from PyPI or the wheelhouse, e.g. 0.2.0 (default: the newest)
   --config FILE    install FILE as /etc/edge-agent/config.yaml (a different existing one
                    is kept as config.yaml.bak-TIME)
+  --mqtt-password-stdin
+                   read the MQTT password (one line) from standard input and write it to
+                   /etc/edge-agent/mqtt.pass, 0640 root:edge-agent (use it with
+                   `password_file: mqtt.pass` under mqtt:)
   --no-apt         never call apt-get (fail if a Debian package is missing)
   --no-start       enable the service but do not start or restart it
   -h, --help       this text
 EOF
+}
+
+# setup_password_file FILE GROUP [PASSWORD]: write PASSWORD (when given) to FILE, then check
+# an existing FILE: not empty, 0640 root:GROUP (fixed when not). The agent refuses a
+# password file that others can read or that is empty.
+setup_password_file() {
+    local file=$1 group=$2 password=${3:-} staged
+    if [ -n "$password" ]; then
+        say "writing $file (0640 root:$group)"
+        staged=$(mktemp "$(dirname "$file")/.mqtt.pass.XXXXXX") # mktemp makes it 0600
+        printf '%s\n' "$password" >"$staged"
+        chown "root:$group" "$staged"
+        chmod 0640 "$staged"
+        mv -f "$staged" "$file"
+    fi
+    [ -e "$file" ] || return 0
+    [ -f "$file" ] || die "$file is not a regular file"
+    grep -q '[^[:space:]]' "$file" || die "$file is empty: write the password into it, or use --mqtt-password-stdin"
+    if [ "$(stat -c '%U:%G %a' "$file")" != "root:$group 640" ]; then
+        say "$file was $(stat -c '%U:%G %a' "$file"): making it 0640 root:$group"
+        chown "root:$group" "$file"
+        chmod 0640 "$file"
+    fi
 }
 
 die() {
@@ -63,6 +94,7 @@ FROM=""
 WHEELS=""
 VERSION=""
 NEW_CONFIG=""
+PASSWORD_STDIN=0
 USE_APT=1
 START=1
 while [ $# -gt 0 ]; do
@@ -71,6 +103,7 @@ while [ $# -gt 0 ]; do
     --wheels) WHEELS=${2:?--wheels needs a directory}; shift 2 ;;
     --version) VERSION=${2:?--version needs a version}; shift 2 ;;
     --config) NEW_CONFIG=${2:?--config needs a file}; shift 2 ;;
+    --mqtt-password-stdin) PASSWORD_STDIN=1; shift ;;
     --no-apt) USE_APT=0; shift ;;
     --no-start) START=0; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -91,6 +124,13 @@ if [ -n "$WHEELS" ]; then
 fi
 if [ -n "$NEW_CONFIG" ]; then
     [ -f "$NEW_CONFIG" ] || die "--config $NEW_CONFIG: no such file"
+fi
+MQTT_PASSWORD=""
+if [ "$PASSWORD_STDIN" = 1 ]; then
+    # Read before anything else runs: apt-get would swallow standard input.
+    IFS= read -r MQTT_PASSWORD || true
+    MQTT_PASSWORD=${MQTT_PASSWORD%$'\r'}
+    [ -n "$MQTT_PASSWORD" ] || die "--mqtt-password-stdin: standard input held no password"
 fi
 
 # -- 1. Debian packages ------------------------------------------------------------------
@@ -190,6 +230,7 @@ fi
 
 # -- 4. + 5. the config, checked as the service user before it is put in place -----------
 install -d -m 0755 -o root -g root "$CONFIG_DIR"
+setup_password_file "$CONFIG_DIR/mqtt.pass" "$SERVICE_USER" "$MQTT_PASSWORD"
 if [ -f "$HERE/../config/example.yaml" ]; then
     install -m 0644 -o root -g root "$HERE/../config/example.yaml" "$CONFIG_DIR/example.yaml"
 fi

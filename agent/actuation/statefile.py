@@ -35,7 +35,8 @@ class OutputStateFile:
         """Write ``states``: temporary file, fsync, rename over the old, fsync the directory."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(states, f, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())

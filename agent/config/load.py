@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import socket
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +24,11 @@ DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
 
 @dataclass(frozen=True)
 class LoadedConfig:
-    """A validated config and where it came from."""
+    """A validated config and where it came from. (Its fingerprint for ``info`` is
+    ``agent.config.digest``: a hash of the file would be a hash of its password.)"""
 
     config: Config
     path: Path
-    sha256: str
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -53,7 +53,7 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Load
     except UnicodeDecodeError as e:
         raise ConfigError([ConfigProblem(file, None, "", "not UTF-8 text")]) from e
     config = parse_config(text, file=file, base_dir=path.parent, environ=environ)
-    return LoadedConfig(config=config, path=path, sha256=hashlib.sha256(raw).hexdigest())
+    return LoadedConfig(config=config, path=path)
 
 
 def parse_config(
@@ -64,7 +64,10 @@ def parse_config(
         source = parse(text, file=file, environ=environ)
     except YAMLSyntaxError as e:
         raise ConfigError([ConfigProblem(file, e.line, "", f"invalid YAML: {e}")]) from e
-    problems = Problems()
+    # A value holding a substituted one (a list, a mapping) is as secret as what it holds.
+    problems = Problems(
+        secret_paths={path[:n] for path in source.substituted for n in range(1, len(path) + 1)}
+    )
     for path, _line, message in source.problems:
         problems.add(path, message)
     if source.data is None or source.data == {}:
@@ -128,22 +131,58 @@ def _resolve(config: Config, base_dir: Path, problems: Problems) -> Config:
     """Fill defaults that depend on the machine, and read referenced files."""
     mqtt = config.mqtt
     if mqtt.password_file is not None:
-        secret = base_dir / mqtt.password_file
-        try:
-            password = secret.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as e:
-            problems.add(("mqtt", "password_file"), f"cannot read {secret}: {e.strerror}")
-        else:
+        where = ("mqtt", "password_file")
+        data = read_secret_file(base_dir / mqtt.password_file, where, problems)
+        if data is not None:
+            password = data.decode("utf-8", "replace").rstrip("\r\n")
             mqtt = msgspec.structs.replace(mqtt, password=password, password_file=None)
     if mqtt.tls is not None:
         for key in ("ca_certs", "certfile", "keyfile"):
             value = getattr(mqtt.tls, key)
             if value is not None and not (base_dir / value).is_file():
                 problems.add(("mqtt", "tls", key), f"no such file: {base_dir / value}")
+            elif value is not None and key == "keyfile":
+                problem = loose_permissions(base_dir / value)
+                if problem is not None:
+                    problems.add(("mqtt", "tls", key), problem)
         if (mqtt.tls.certfile is None) != (mqtt.tls.keyfile is None):
             problems.add(("mqtt", "tls"), "certfile and keyfile go together")
     device_id = config.device_id or default_device_id()
     return msgspec.structs.replace(config, mqtt=mqtt, device_id=device_id)
+
+
+def loose_permissions(path: Path) -> str | None:
+    """Why a file holding a secret is too open, or None. As OpenSSH treats private keys:
+    nothing for others, and no writing by the group (a group read is how the service user
+    gets a root-owned 0640 file)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror}"
+    if mode & 0o027:
+        return (
+            f"{path} is mode {stat.S_IMODE(mode):04o}: a secret must not be readable or "
+            "writable by others; chmod 0600 (or 0640 with the group edge-agent)"
+        )
+    return None
+
+
+def read_secret_file(path: Path, where: KeyPath, problems: Problems) -> bytes | None:
+    """The bytes of a file holding a secret, or None with the problem recorded (which
+    never quotes the file's content)."""
+    problem = loose_permissions(path)
+    if problem is not None:
+        problems.add(where, problem)
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        problems.add(where, f"cannot read {path}: {e.strerror}")
+        return None
+    if not data.strip():
+        problems.add(where, f"{path} is empty")
+        return None
+    return data
 
 
 def default_device_id() -> str:

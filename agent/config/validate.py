@@ -23,6 +23,9 @@ from drivers import registry
 from drivers.base import OptionError
 
 _MSGSPEC_SUFFIX = re.compile(r" - at `\$[^`]*`$")
+#: Keys whose values are secrets wherever they appear: a problem with one names its type,
+#: never its value (it would land in `check`'s output, the log and a config_rejected event).
+SECRET_KEYS = frozenset({"password", "secret", "token", "key", "passphrase"})
 
 
 @dataclass
@@ -30,6 +33,12 @@ class Problems:
     """Problems found so far, by key path."""
 
     items: list[tuple[KeyPath, str]] = field(default_factory=list)
+    #: Paths whose values must not be echoed besides those named in :data:`SECRET_KEYS`
+    #: (values substituted from the environment).
+    secret_paths: set[KeyPath] = field(default_factory=set)
+
+    def is_secret(self, path: KeyPath) -> bool:
+        return path in self.secret_paths or (bool(path) and path[-1] in SECRET_KEYS)
 
     def add(self, path: KeyPath, message: str) -> None:
         self.items.append((path, message))
@@ -184,7 +193,11 @@ def _leaf(value: Any, tp: Any, path: KeyPath, problems: Problems) -> Any:
     try:
         return msgspec.convert(value, tp, strict=True)
     except msgspec.ValidationError as e:
-        problems.add(path, _humane(_MSGSPEC_SUFFIX.sub("", str(e)), value))
+        message = _MSGSPEC_SUFFIX.sub("", str(e))
+        if problems.is_secret(path):
+            problems.add(path, _without_value(message, value))
+        else:
+            problems.add(path, _humane(message, value))
         return INVALID
 
 
@@ -193,6 +206,17 @@ def _humane(message: str, value: Any) -> str:
     if message.startswith("expected"):
         message = message.split(", got `")[0] + f", got {value!r}"
     return message.replace("Invalid enum value", "expected one of the listed values, got")
+
+
+def _without_value(message: str, value: Any) -> str:
+    """A problem with a secret's value, saying what kind of value it is, not which."""
+    message = message.replace("Expected `", "expected `").split(", got `")[0]
+    if message.startswith("Invalid enum value"):
+        message = "expected one of the listed values"
+    kind = "a number" if isinstance(value, int | float) and not isinstance(value, bool) else None
+    hint = " (quote it in YAML to make it a string)" if kind else ""
+    shown = kind or _kind(value)
+    return f"{message}, got {shown}{hint}; the value is not shown: it may be a secret"
 
 
 def _suggest(word: str, choices: list[str]) -> str:

@@ -35,6 +35,8 @@ class Source:
     data: Any
     lines: dict[KeyPath, int] = field(default_factory=dict)
     problems: list[tuple[KeyPath, int, str]] = field(default_factory=list)
+    #: Key paths whose value came from a ``${ENV_VAR}``: perhaps a secret, never echoed.
+    substituted: set[KeyPath] = field(default_factory=set)
 
     def line_of(self, path: KeyPath) -> int | None:
         """The line of ``path``, or of its nearest ancestor that has one."""
@@ -116,6 +118,7 @@ def _build(
         return items
     value = loader.construct_object(node, deep=True)
     if isinstance(value, str) and "${" in value:
+        source.substituted.add(path)
         value = _substitute(value, path, node.start_mark.line + 1, source, env)
         if isinstance(node, yaml.ScalarNode) and node.style is None:
             # unquoted: `port: ${PORT}` is a number, as if it had been written so

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import stat
 import time
 from collections import Counter
 from collections.abc import Coroutine, Iterable
@@ -19,6 +20,8 @@ from agent.actuation.outputs import OutputController, OutputState
 from agent.actuation.statefile import OutputStateFile
 from agent.buffer.store import MessageStore
 from agent.commands.handler import CommandHandler, Reply
+from agent.commands.seen import SeenCommands
+from agent.config.digest import config_digest, digest_key
 from agent.config.load import LoadedConfig, load_config
 from agent.config.model import Config
 from agent.errors import ConfigError
@@ -50,20 +53,44 @@ DRAIN_ON_STOP_S = 1.0
 STATUS_EVERY_S = 5.0
 
 
+def private_dir(directory: Path) -> None:
+    """Make ``directory`` (0700), or tighten an existing one that others may enter: it
+    holds the readings, the outputs' states and the memory of accepted commands."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode & 0o077:
+        try:
+            os.chmod(directory, 0o700)
+        except OSError as e:
+            log.error(
+                "%s is mode %04o and cannot be made 0700 (%s): others may read the agent's state",
+                directory,
+                mode,
+                e.strerror,
+            )
+        else:
+            log.warning("%s was mode %04o; made it 0700", directory, mode)
+
+
 def open_store(config: Config) -> MessageStore:
     """The store-and-forward buffer: ``buffer.path``, else ``<state_dir>/buffer.db``.
 
-    The state directory is created private (0700): the buffer holds the readings.
+    The directory is private (0700) and the database with its ``-wal`` and ``-shm``
+    companions 0600 (SQLite gives those the database file's mode).
     """
     directory = state_dir(config.state_dir)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(directory)
     path = Path(config.buffer.path).expanduser() if config.buffer.path else directory / "buffer.db"
     if path.parent != directory:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
     store = MessageStore(
         path, max_messages=config.buffer.max_messages, max_age_s=config.buffer.max_age
     )
-    os.chmod(path, 0o600)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path.with_name(path.name + suffix), 0o600)
     return store
 
 
@@ -132,6 +159,8 @@ class Agent(TransportEvents):
         self.outputs: OutputController | None = None
         self.inputs: InputWatcher | None = None
         self.commands: CommandHandler | None = None
+        #: Accepted commands, remembered across reloads and restarts (at most once).
+        self.seen_commands = SeenCommands(path=state_dir(self.config.state_dir) / "commands.seen")
         self._tasks: list[asyncio.Task[None]] = []
         self.disconnected_at: float | None = None
         #: The last error event: {"ts", "kind", "message"}.
@@ -148,6 +177,16 @@ class Agent(TransportEvents):
         #: Events reported before the outbox exists (an output that cannot be opened).
         self._early_events: list[Event] = []
         self._stopping = False
+        #: Keys the secrets in ``config_sha256``; read from the state dir at start.
+        self._digest_key: bytes | None = None
+
+    @property
+    def config_sha256(self) -> str:
+        """The running config's fingerprint (``agent.config.digest``): no secret in it."""
+        if self._digest_key is None:
+            private_dir(state_dir(self.config.state_dir))
+            self._digest_key = digest_key(state_dir(self.config.state_dir))
+        return config_digest(self.config, self._digest_key)
 
     @property
     def outbox(self) -> Outbox | None:
@@ -179,6 +218,7 @@ class Agent(TransportEvents):
         )
         outputs.open()
         store = open_store(self.config)
+        self._digest_key = digest_key(state_dir(self.config.state_dir))
         if store.depth():
             log.info("buffer %s holds %d readings to deliver", store.path, store.depth())
         transport = self._new_transport()
@@ -193,6 +233,7 @@ class Agent(TransportEvents):
             self._send_event(event)
         self._early_events.clear()
         self.inputs = self._open_inputs()
+        self.seen_commands.open(time.time())
         self.commands = self._command_handler()
         self._start_sampling()
         transport.start()
@@ -241,6 +282,7 @@ class Agent(TransportEvents):
             await current.stop(last=(status, OFFLINE))
             await asyncio.sleep(0)
             outbox.close()
+            self.seen_commands.close()
             outputs.close()
             self.inputs.close()
             hardware.close()
@@ -289,11 +331,16 @@ class Agent(TransportEvents):
 
     def _command_handler(self) -> CommandHandler:
         assert self.outputs is not None
+        commands = self.config.commands
         return CommandHandler(
             topics=self.topics,
             outputs=self.outputs,
-            max_age=self.config.commands.max_age,
+            max_age=commands.max_age,
+            max_skew=commands.max_skew,
             send=self._send_reply,
+            reserved_prefixes=(self.config.mqtt.topic_prefix, self.config.homeassistant.prefix),
+            response_prefix=commands.response_prefix,
+            seen=self.seen_commands,
         )
 
     def _start_sampling(self, chains: dict[str, SensorChain] | None = None) -> None:
@@ -418,7 +465,7 @@ class Agent(TransportEvents):
                 Event(
                     "config_reloaded",
                     f"{loaded.path} applied",
-                    fields={"config_sha256": loaded.sha256},
+                    fields={"config_sha256": self.config_sha256},
                 )
             )
             return True
@@ -622,7 +669,7 @@ class Agent(TransportEvents):
             "device_id": self.device_id,
             "hostname": socket.gethostname(),
             "started_at": iso_ts(self.started_at),
-            "config_sha256": self.loaded.sha256,
+            "config_sha256": self.config_sha256,
             "simulated": self.simulate,
             "sensors": sensors,
             "outputs": {n: {"driver": spec_of(o).name} for n, o in self.config.outputs.items()},

@@ -69,6 +69,7 @@ def test_env_substitution_keeps_types_of_unquoted_scalars(tmp_path: Path) -> Non
 
 def test_password_file_is_read_and_stripped(tmp_path: Path) -> None:
     (tmp_path / "mqtt.pass").write_text("s3cret\n")
+    (tmp_path / "mqtt.pass").chmod(0o600)
     config = parse_config("mqtt:\n  password_file: mqtt.pass\n", file="x", base_dir=tmp_path)
     assert config.mqtt.password == "s3cret"
 

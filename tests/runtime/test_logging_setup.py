@@ -359,6 +359,7 @@ def test_redaction_rules() -> None:
 
 def test_config_secrets(tmp_path: Path) -> None:
     (tmp_path / "mqtt.pass").write_text(PASSWORD + "\n")
+    (tmp_path / "mqtt.pass").chmod(0o600)
     path = tmp_path / "c.yaml"
     path.write_text("mqtt:\n  password_file: mqtt.pass\nsensors: {}\n")
     assert config_secrets(load_config(path).config) == [PASSWORD]
