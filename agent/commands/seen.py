@@ -73,10 +73,20 @@ class SeenCommands:
                 for line in f:
                     self._read_line(line, now)
         except FileNotFoundError:
-            pass
+            self._start_appending()  # nothing to compact: no rewrite, no fsync at start
+            return
         except (OSError, UnicodeDecodeError) as e:
             log.error("cannot read the command memory %s: %s", self.path, e)
         self._rewrite(now)
+
+    def _start_appending(self) -> None:
+        assert self.path is not None
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._file = os.fdopen(fd, "a", encoding="utf-8")
+        except OSError as e:
+            self._report_write_error(e)
 
     def _read_line(self, line: str, now: float) -> None:
         try:
@@ -138,10 +148,9 @@ class SeenCommands:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-            self._file = os.fdopen(fd, "a", encoding="utf-8")
         except OSError as e:
             self._report_write_error(e)
+        self._start_appending()
         self._appended = 0
 
     def _report_write_error(self, error: OSError) -> None:

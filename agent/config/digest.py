@@ -71,10 +71,8 @@ def digest_key(directory: Path) -> bytes:
     try:
         tmp = path.with_name(f".{KEY_FILE}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # not fsynced: lost in a power cut, a new key is made
             f.write(key)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         log.warning("cannot write %s (%s): config_sha256 changes at each start", path, e.strerror)
