@@ -151,7 +151,10 @@ class CommandHandler:
         if topic is None:
             return None
         problem = response_topic_problem(
-            topic, reserved=self._reserved, response_prefix=self._response_prefix
+            topic,
+            reserved=self._reserved,
+            response_prefix=self._response_prefix,
+            own_replies=self._topics.reply,
         )
         if problem is not None:
             raise CommandRefused("bad_payload", f"the response topic {problem}; not acted on")
@@ -261,17 +264,28 @@ class CommandHandler:
 
 
 def response_topic_problem(
-    topic: object, *, reserved: Iterable[str], response_prefix: str | None = None
+    topic: object,
+    *,
+    reserved: Iterable[str],
+    response_prefix: str | None = None,
+    own_replies: str | None = None,
 ) -> str | None:
-    """Why ``topic`` may not be replied to (a phrase), or None when it may."""
+    """Why ``topic`` may not be replied to (a phrase), or None when it may.
+
+    ``own_replies`` (``<base>/reply``) is the one place under the reserved prefixes that
+    is allowed, below it: ``<base>/reply/<anything>`` carries nothing but this device's
+    replies (``edge-agent send`` listens on ``<base>/reply/<its client id>``).
+    """
     if not isinstance(topic, str) or not topic:
         return "is empty"
     if "+" in topic or "#" in topic or "\x00" in topic:
         return "has a wildcard or a NUL character"
-    if topic.startswith("$"):
-        return "is a $ topic (the broker's)"
     if len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
         return "is too long"
+    if own_replies is not None and topic.startswith(own_replies + "/"):
+        return None
+    if topic.startswith("$"):
+        return "is a $ topic (the broker's)"
     for prefix in reserved:
         if topic == prefix or topic.startswith(prefix + "/"):
             return f"is under {prefix}/#, where devices publish and take commands"

@@ -213,6 +213,7 @@ RESPONSE_TOPICS = [
     "ctl/ü",
     "edgy/x",
     "/edge/x",
+    f"{TOPICS.reply}/edge-agent-send-1a2b",  # this device's own reply subtree: allowed
     # Refused: wildcards, empty, and every topic a reply could be mistaken on.
     "",
     "ctl/+/x",
@@ -277,20 +278,16 @@ def under(topic: str, prefix: str) -> bool:
 
 def valid_response_topic(props: Properties | None) -> str | None:
     """The response topic a reply may go to: no wildcard or NUL (MQTT forbids them in a
-    topic name), not a $ topic, not under the topic prefix or the Home Assistant prefix."""
+    topic name); below this device's own <base>/reply/, or else not a $ topic and not
+    under the topic prefix or the Home Assistant prefix."""
     topic = getattr(props, "ResponseTopic", None) if props is not None else None
-    if (
-        isinstance(topic, str)
-        and topic
-        and "+" not in topic
-        and "#" not in topic
-        and "\x00" not in topic
-        and not topic.startswith("$")
-        and not under(topic, TOPIC_PREFIX)
-        and not under(topic, HA_PREFIX)
-    ):
+    if not (isinstance(topic, str) and topic and not any(c in topic for c in ("+", "#", "\x00"))):
+        return None
+    if topic.startswith(TOPICS.reply + "/"):
         return topic
-    return None
+    if topic.startswith("$") or under(topic, TOPIC_PREFIX) or under(topic, HA_PREFIX):
+        return None
+    return topic
 
 
 def check_reply_body(payload: bytes, name: str) -> dict[str, Any]:
@@ -380,7 +377,7 @@ def test_random_messages_never_break_the_rules(tmp_path: Path, quiet: None) -> N
             return
         name = match.group(1)
         for reply in sent:  # never reflected onto a topic a device or Home Assistant uses
-            assert reply.topic == TOPICS.reply or not (
+            assert under(reply.topic, TOPICS.reply) or not (
                 under(reply.topic, TOPIC_PREFIX)
                 or under(reply.topic, HA_PREFIX)
                 or reply.topic.startswith("$")

@@ -208,6 +208,8 @@ def test_a_response_topic_without_correlation_data(bench: Bench) -> None:
         "edge/gh-1/output/heater/state",
         "edge/gh-1/status",
         "edge/gh-1/reply",
+        "edge/gh-2/reply/x",  # another device's replies
+        "edge/gh-1/replyx",
         "edge/gh-2/output/pump/state",
         "edge",
         "homeassistant/switch/gh-1/pump/config",
@@ -229,7 +231,10 @@ def test_a_response_topic_that_could_be_mistaken_is_refused(
     assert not bench.on(17)
 
 
-@pytest.mark.parametrize("response_topic", ["edgy/x", "/edge/x", "edge2/r", "ctl/edge/gh-1"])
+@pytest.mark.parametrize(
+    "response_topic",
+    ["edgy/x", "/edge/x", "edge2/r", "ctl/edge/gh-1", "edge/gh-1/reply/edge-agent-send-1"],
+)
 def test_a_response_topic_outside_the_prefixes_is_used(bench: Bench, response_topic: str) -> None:
     replies = bench.send("on", properties=v5(ResponseTopic=response_topic))
     assert [r.topic for r in replies] == [TOPICS.reply, response_topic]
