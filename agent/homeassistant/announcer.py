@@ -64,6 +64,9 @@ class Announcer:
         self._device_retained = False
         #: Single-component topics that hold a config of ours.
         self._component_topics: set[str] = set()
+        #: Single-component topics migrated away and cleared: their retained copies still
+        #: on the way to us are not news.
+        self._cleared: set[str] = set()
 
     @property
     def enabled(self) -> bool:
@@ -117,6 +120,7 @@ class Announcer:
         payloads = component_payloads(self._config, self._topics, model=self._model)
         for topic, body in payloads.items():
             self._publish(topic, encode_json(body))
+        self._cleared -= set(payloads)
         for topic in sorted(self._component_topics - set(payloads)):
             log.info("removing from Home Assistant: %s", topic)
             self._publish(topic, b"")
@@ -124,9 +128,15 @@ class Announcer:
 
     def _announce_device(self) -> None:
         if self._component_topics:
+            # Every topic an entity of ours can have, not only those seen so far: after a
+            # restart the retained ones arrive one by one, and one migration that covers
+            # them all spares Home Assistant a device message that conflicts with the rest.
+            possible = component_payloads(self._config, self._topics, model=self._model)
+            old = self._component_topics | set(possible)
             log.info("Home Assistant discovery: migrating to the device message")
-            for topic in sorted(self._component_topics):
+            for topic in sorted(old):
                 self._migrate_away(topic)
+            self._cleared |= old
             self._component_topics = set()
         payload = device_payload(self._config, self._topics, model=self._model)
         current = {cid: str(c["p"]) for cid, c in payload["cmps"].items()}
@@ -169,8 +179,8 @@ class Announcer:
             return
         if not isinstance(body, dict) or not body.get("unique_id"):
             return  # empty, or a migrate_discovery message: nothing announced there
-        if topic in self._component_topics:
-            return  # our own
+        if topic in self._component_topics or topic in self._cleared:
+            return  # our own, or already migrated away
         self._component_topics.add(topic)
         if not self.enabled:
             self.remove_device()
