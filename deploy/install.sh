@@ -141,7 +141,8 @@ has_candidate() {
     [[ $policy == *"Candidate: "[0-9]* ]]
 }
 missing=()
-for pkg in python3 python3-venv procps; do
+# python3-cryptography: Ed25519-signed commands (the venv sees it: --system-site-packages)
+for pkg in python3 python3-venv procps python3-cryptography; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ "$USE_APT" = 1 ] && ! installed python3-lgpio && has_candidate python3-lgpio; then

@@ -127,6 +127,8 @@ class OutputOptions(Options, frozen=True, tag_field="driver"):
     failsafe_after: Seconds = 60.0
     interlock: tuple[str, ...] = ()
     min_switch_interval: Seconds = 0.0
+    #: Whether commands to this output must be signed; null: ``commands.auth.required``.
+    auth: bool | None = None
 
 
 #: Home Assistant's binary_sensor device classes: they decide what "on" is called

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.actuation.outputs import OutputController
-from agent.commands.parse import Command, CommandRefused, parse_command
+from agent.commands.auth import Key, Unauthenticated, open_envelope, read_envelope
+from agent.commands.parse import Command, CommandRefused, envelope_of, parse_command
 from agent.commands.seen import Seen, SeenCommands
+from agent.events import Event, EventSink, RateLimiter
 from agent.mqtt.payloads import encode_json, iso_ts
 from agent.mqtt.topics import Topics
 from agent.mqtt.transport import IncomingMessage
@@ -38,6 +40,22 @@ log = logging.getLogger(__name__)
 OUTPUT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: The longest topic MQTT can carry.
 MAX_TOPIC_BYTES = 65535
+#: At most one command_rejected event per reason this often (the rest are counted).
+REJECTED_EVENT_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class CommandAuth:
+    """Signed commands (``commands.auth``): the keys by id, and who must sign."""
+
+    keys: dict[str, Key]
+    #: ``commands.auth.required``: unsigned commands are refused ...
+    required: bool = True
+    #: ... unless an output says otherwise (``outputs.<name>.auth``).
+    outputs: dict[str, bool] | None = None
+
+    def required_for(self, output: str) -> bool:
+        return (self.outputs or {}).get(output, self.required)
 
 
 class LatencyHistogram:
@@ -80,8 +98,11 @@ class CommandHandler:
             ``topic_prefix`` and the Home Assistant prefix); the device's base always is.
         response_prefix: ``commands.response_prefix``: when set, response topics must be
             under it.
-        seen: the memory of accepted commands (shared across reloads); default: a fresh
-            one in memory only.
+        seen: the memory of accepted commands and signed commands' nonces (shared across
+            reloads); default: a fresh one in memory only.
+        auth: the keys signed commands are verified with, and which outputs require
+            them; None: no keys (a signed command is refused, unsigned ones accepted).
+        report: where ``command_rejected`` events go (rate-limited).
         clock: wall clock, for staleness and reply ``ts``.
     """
 
@@ -96,6 +117,8 @@ class CommandHandler:
         reserved_prefixes: Iterable[str] = (),
         response_prefix: str | None = None,
         seen: SeenCommands | None = None,
+        auth: CommandAuth | None = None,
+        report: EventSink | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._topics = topics
@@ -106,6 +129,11 @@ class CommandHandler:
         self._reserved = (*reserved_prefixes, topics.base)
         self._response_prefix = response_prefix
         self._seen = seen if seen is not None else SeenCommands(path=None)
+        self._auth = auth
+        self._report = report
+        self._rejections = RateLimiter(REJECTED_EVENT_EVERY_S)
+        #: The key id of the signed command being judged (None: unsigned).
+        self._kid: str | None = None
         self._clock = clock
         #: (output, "ok" or error code) -> count, for /metrics.
         self.results: Counter[tuple[str, str]] = Counter()
@@ -122,11 +150,16 @@ class CommandHandler:
         started = time.monotonic()
         now = self._clock()
         route: tuple[str, bytes | None] | None = None
+        self._kid = None
         try:
             route = self._route(message)
             body = self._judge(name, message, now)
         except CommandRefused as e:
             body = self._refusal(name, e, now)
+            if e.code in ("unauthenticated", "replayed") or (
+                e.code == "stale" and self._kid is not None
+            ):
+                self._rejected(name, e)
         # Only configured outputs get a label of their own: a topic name is anyone's.
         self.results[(name if name in self._outputs else "", _result(body))] += 1
         payload = encode_json(body)
@@ -161,6 +194,26 @@ class CommandHandler:
         correlation = getattr(props, "CorrelationData", None)
         return topic, bytes(correlation) if correlation is not None else None
 
+    def _rejected(self, name: str, e: CommandRefused) -> None:
+        """A ``command_rejected`` event, at most one per reason every few seconds."""
+        if self._report is None or not self._rejections.allow(e.code):
+            return
+        held_back = self._rejections.take_suppressed(e.code)
+        known = name if name in self._outputs else None
+        self._report(
+            Event(
+                "command_rejected",
+                f"a command to {known or 'an unknown output'} was refused ({e.code}): {e.message}",
+                level="warning",
+                fields={
+                    "output": known,
+                    "kid": self._kid,
+                    "reason": e.code,
+                    "suppressed": held_back,
+                },
+            )
+        )
+
     def _refusal(self, name: str, e: CommandRefused, now: float) -> dict[str, Any]:
         log.warning("command to %r refused (%s): %s", name, e.code, e.message)
         return {
@@ -192,13 +245,17 @@ class CommandHandler:
             )
         if _expired(message):
             raise CommandRefused("stale", "the command's MQTT message expiry has passed")
+        payload = self._verified(name, message)
         command = parse_command(
-            message.payload,
+            payload,
             retained=message.retain,
             now=now,
             max_age=self._max_age,
             max_skew=self._max_skew,
+            signed=self._kid is not None,
         )
+        if command.nonce is not None:
+            self._take_nonce(command, payload, now)
         if name not in self._outputs:
             raise CommandRefused(
                 "unknown_output", f"this device has no output named {name!r}", command.id
@@ -238,6 +295,53 @@ class CommandHandler:
         )
         self._seen.add(key, Seen(until=until, digest=digest, reply=body))
         return body
+
+    def _verified(self, name: str, message: IncomingMessage) -> bytes:
+        """The command's bytes: the payload itself, or, for a signed command, the inner
+        command once its signature over this topic holds (nothing reads it before).
+
+        Raises:
+            CommandRefused: ``unauthenticated``.
+        """
+        outer = envelope_of(message.payload)
+        if outer is None:
+            if self._auth is not None and self._auth.required_for(name):
+                raise CommandRefused(
+                    "unauthenticated", f"{name} takes signed commands only (commands.auth)"
+                )
+            return message.payload
+        keys = self._auth.keys if self._auth is not None else {}
+        try:
+            envelope = read_envelope(outer)
+            inner = open_envelope(message.topic, envelope, keys)
+        except Unauthenticated as e:
+            kid = outer.get("kid")
+            self._kid = kid if isinstance(kid, str) and kid in keys else None
+            raise CommandRefused("unauthenticated", f"signed command refused: {e}") from None
+        self._kid = envelope.kid
+        return inner
+
+    def _take_nonce(self, command: Command, payload: bytes, now: float) -> None:
+        """Use up a signed command's nonce, before it is carried out: accepted once while
+        its ``ts`` is fresh, across reloads and restarts.
+
+        Raises:
+            CommandRefused: ``replayed``, or ``rate_limited`` when the memory is full.
+        """
+        assert command.nonce is not None and command.ts is not None
+        key = json.dumps(["nonce", command.nonce])
+        if self._seen.get(key, now) is not None:
+            raise CommandRefused(
+                "replayed", "this nonce was already used: a replayed command", command.id
+            )
+        if self._seen.full(now):
+            raise CommandRefused(
+                "rate_limited",
+                f"{len(self._seen)} commands within max_age: no more nonces can be kept",
+                command.id,
+            )
+        digest = hashlib.sha256(payload).hexdigest()[:32]
+        self._seen.add(key, Seen(until=command.ts + self._max_age, digest=digest))
 
     def _carry_out(self, name: str, command: Command, now: float) -> dict[str, Any]:
         state = self._outputs.command(name, command)

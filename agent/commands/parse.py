@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,6 +32,8 @@ MAX_NUMBER_CHARS = 24
 Action = Literal["on", "off", "toggle"]
 ErrorCode = Literal[
     "bad_payload",
+    "unauthenticated",
+    "replayed",
     "unknown_output",
     "stale",
     "retained_command",
@@ -49,6 +52,9 @@ PLAIN_ACTIONS: dict[str, Action] = {
     "false": "off",
 }
 JSON_KEYS = frozenset({"state", "duration", "id", "ts"})
+#: A signed command also has a nonce (CONTRACT 13), and must have it and its ts.
+SIGNED_KEYS = JSON_KEYS | {"nonce"}
+NONCE = re.compile(r"[\x21-\x7e]{8,64}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class Command:
     id: str | int | None = None
     #: When the controller sent it (unix s), if it said.
     ts: float | None = None
+    #: A signed command's nonce.
+    nonce: str | None = None
 
 
 class CommandRefused(Exception):
@@ -80,6 +88,7 @@ def parse_command(
     now: float,
     max_age: float,
     max_skew: float = 5.0,
+    signed: bool = False,
 ) -> Command:
     """The command in ``payload``.
 
@@ -89,6 +98,8 @@ def parse_command(
         now: the current unix time.
         max_age: ``commands.max_age`` in seconds.
         max_skew: ``commands.max_skew``: how far in the future a ``ts`` may be.
+        signed: ``payload`` is the inner command of a verified envelope: a JSON object
+            that must have ``ts`` and ``nonce``.
 
     Raises:
         CommandRefused: with the reply's error code; ``command_id`` is the payload's ``id``
@@ -112,6 +123,8 @@ def parse_command(
             "retained commands are never acted on: they would replay on every reconnect",
             command_id,
         )
+    if signed and body is None:
+        raise CommandRefused("bad_payload", "a signed command is a JSON object")
     if body is None:
         action = PLAIN_ACTIONS.get(text.lower())
         if action is None:
@@ -122,7 +135,21 @@ def parse_command(
         if action == "toggle":
             raise CommandRefused("bad_payload", _TOGGLE_NEEDS_ID)
         return Command(action)
-    return _from_json(body, command_id, now=now, max_age=max_age, max_skew=max_skew)
+    return _from_json(body, command_id, now=now, max_age=max_age, max_skew=max_skew, signed=signed)
+
+
+def envelope_of(payload: bytes) -> dict[str, Any] | None:
+    """The outer JSON object of ``payload`` when it is shaped like a signed command (an
+    object with a ``signed`` key), else None. Only the envelope is read here: the signed
+    command inside stays a string until its signature has been checked."""
+    if not payload or len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        text = payload.decode("utf-8").strip()
+        body = _json_object(text)
+    except (UnicodeDecodeError, CommandRefused):
+        return None
+    return body if body is not None and "signed" in body else None
 
 
 _TOGGLE_NEEDS_ID = (
@@ -208,13 +235,21 @@ def _from_json(
     now: float,
     max_age: float,
     max_skew: float,
+    signed: bool = False,
 ) -> Command:
     def refuse(message: str) -> CommandRefused:
         return CommandRefused("bad_payload", message, command_id)
 
-    unknown = sorted(set(body) - JSON_KEYS)
+    unknown = sorted(set(body) - (SIGNED_KEYS if signed else JSON_KEYS))
     if unknown:
-        raise refuse(f"unknown key {unknown[0]!r}; a command has state, duration, id and ts")
+        has = "state, duration, id, ts and nonce" if signed else "state, duration, id and ts"
+        raise refuse(f"unknown key {unknown[0]!r}; a command has {has}")
+    nonce = body.get("nonce")
+    if signed:
+        if not isinstance(nonce, str) or not NONCE.fullmatch(nonce):
+            raise refuse('a signed command needs a "nonce" of 8 to 64 printable ASCII characters')
+        if body.get("ts") is None:
+            raise refuse('a signed command needs its "ts"')
     if body.get("id") is not None and command_id is None:
         raise refuse(f"id must be a string of at most {MAX_ID_LENGTH} characters or an integer")
     state = body.get("state")
@@ -256,7 +291,9 @@ def _from_json(
                 "check the sender's clock",
                 command_id,
             )
-    return Command(action, duration=duration, id=command_id, ts=sent)
+    return Command(
+        action, duration=duration, id=command_id, ts=sent, nonce=nonce if signed else None
+    )
 
 
 def _preview(text: str, limit: int = 40) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from agent.commands.auth import Key, KeyFileError, parse_key
 from agent.config.model import Config
 from agent.config.validate import INVALID, Problems, convert, format_path
 from agent.config.yamlsource import KeyPath, Source, YAMLSyntaxError, parse
@@ -147,8 +148,56 @@ def _resolve(config: Config, base_dir: Path, problems: Problems) -> Config:
                     problems.add(("mqtt", "tls", key), problem)
         if (mqtt.tls.certfile is None) != (mqtt.tls.keyfile is None):
             problems.add(("mqtt", "tls"), "certfile and keyfile go together")
+    commands = config.commands
+    if commands.auth is not None:
+        keys = {kid: str(base_dir / file) for kid, file in commands.auth.keys.items()}
+        for kid, file in keys.items():
+            load_key(Path(file), ("commands", "auth", "keys", kid), problems)
+        if commands.auth.required and not keys:
+            problems.add(("commands", "auth", "keys"), "required: true needs at least one key")
+        auth = msgspec.structs.replace(commands.auth, keys=keys)
+        commands = msgspec.structs.replace(commands, auth=auth)
+    for name, output in config.outputs.items():
+        if output.auth and (commands.auth is None or not commands.auth.keys):
+            problems.add(("outputs", name, "auth"), "needs keys in commands.auth.keys")
     device_id = config.device_id or default_device_id()
-    return msgspec.structs.replace(config, mqtt=mqtt, device_id=device_id)
+    return msgspec.structs.replace(config, mqtt=mqtt, commands=commands, device_id=device_id)
+
+
+def load_key(path: Path, where: KeyPath, problems: Problems) -> Key | None:
+    """The key in ``path``, or None with the problem recorded. Every key file must be
+    private as a secret is (an Ed25519 public key is not secret, but one that others may
+    replace lets them sign)."""
+    data = read_secret_file(path, where, problems)
+    if data is None:
+        return None
+    try:
+        return parse_key(data)
+    except KeyFileError as e:
+        problems.add(where, f"{path}: {e}")
+        return None
+
+
+def load_keys(config: Config) -> dict[str, Key]:
+    """The keys of ``commands.auth`` of a loaded config (paths already absolute).
+
+    Raises:
+        ConfigError: a key file changed since the config was checked.
+    """
+    auth = config.commands.auth
+    if auth is None:
+        return {}
+    problems = Problems()
+    keys = {}
+    for kid, file in auth.keys.items():
+        key = load_key(Path(file), ("commands", "auth", "keys", kid), problems)
+        if key is not None:
+            keys[kid] = key
+    if problems.items:
+        raise ConfigError(
+            [ConfigProblem(file, None, format_path(path), m) for path, m in problems.items]
+        )
+    return keys
 
 
 def loose_permissions(path: Path) -> str | None:

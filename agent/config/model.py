@@ -104,6 +104,18 @@ ResponsePrefix = Annotated[
 ]
 
 
+KeyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class AuthConfig(Options, frozen=True):
+    """Signed commands (CONTRACT section 13)."""
+
+    #: key id -> key file: an HMAC-SHA256 secret (0600/0640) or an Ed25519 public key (PEM).
+    keys: dict[KeyId, Annotated[str, msgspec.Meta(min_length=1)]] = {}
+    #: Unsigned commands are refused; an output's ``auth: false`` opts it out.
+    required: bool = True
+
+
 class CommandsConfig(Options, frozen=True):
     """How remote commands are judged."""
 
@@ -115,6 +127,8 @@ class CommandsConfig(Options, frozen=True):
     #: MQTT 5 response topics must be under this prefix; null: any topic outside
     #: ``<topic_prefix>/#``, the Home Assistant prefix and ``$`` topics.
     response_prefix: ResponsePrefix | None = None
+    #: Signed commands; absent: no keys, nothing signed required.
+    auth: AuthConfig | None = None
 
 
 class HomeAssistantConfig(Options, frozen=True):

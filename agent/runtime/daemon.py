@@ -19,10 +19,10 @@ from agent.actuation.inputs import InputState, InputWatcher
 from agent.actuation.outputs import OutputController, OutputState
 from agent.actuation.statefile import OutputStateFile
 from agent.buffer.store import MessageStore
-from agent.commands.handler import CommandHandler, Reply
+from agent.commands.handler import CommandAuth, CommandHandler, Reply
 from agent.commands.seen import SeenCommands
 from agent.config.digest import config_digest, digest_key
-from agent.config.load import LoadedConfig, load_config
+from agent.config.load import LoadedConfig, load_config, load_keys
 from agent.config.model import Config
 from agent.errors import ConfigError
 from agent.events import Event
@@ -332,6 +332,18 @@ class Agent(TransportEvents):
     def _command_handler(self) -> CommandHandler:
         assert self.outputs is not None
         commands = self.config.commands
+        auth = None
+        if commands.auth is not None:
+            try:
+                keys = load_keys(self.config)
+            except ConfigError as e:  # a key file changed since the config was checked
+                log.error("cannot read the command keys; refusing signed commands:\n%s", e)
+                keys = {}
+            auth = CommandAuth(
+                keys=keys,
+                required=commands.auth.required,
+                outputs={n: o.auth for n, o in self.config.outputs.items() if o.auth is not None},
+            )
         return CommandHandler(
             topics=self.topics,
             outputs=self.outputs,
@@ -341,6 +353,8 @@ class Agent(TransportEvents):
             reserved_prefixes=(self.config.mqtt.topic_prefix, self.config.homeassistant.prefix),
             response_prefix=commands.response_prefix,
             seen=self.seen_commands,
+            auth=auth,
+            report=self.report,
         )
 
     def _start_sampling(self, chains: dict[str, SensorChain] | None = None) -> None:

@@ -444,7 +444,8 @@ def test_random_messages_never_break_the_rules(tmp_path: Path, quiet: None) -> N
         assert seen["duplicate"] > 0, seen
         assert seen["malformed set topic"] > 20 and seen["refused response topic"] > 100, seen
         assert len(acted_on) > 20, acted_on
-        for code in ERROR_CODES:
+        # This handler has no keys: the signed-command refusals are tests/commands/test_signed.py's.
+        for code in ERROR_CODES - {"unauthenticated", "replayed"}:
             assert seen[code] > 0, (code, seen)
         assert sum(seen.values()) - seen["switched"] - seen["interlock"] >= 10_000
     finally:
