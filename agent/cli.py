@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         "scan": cmd_scan,
         "watch": cmd_watch,
         "send": cmd_send,
+        "keygen": cmd_keygen,
     }[args.command]
     if args.command in _SEES_DRIVERS:
         _report_driver_problems()
@@ -127,6 +128,23 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--device", default=None, help="device id (default: the config's)")
     send.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for the reply (10)"
+    )
+    send.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        help="sign the command with this key file: an HMAC secret or an Ed25519 private key",
+    )
+    send.add_argument("--kid", default=None, help="the key's id on the agent (commands.auth.keys)")
+    keygen = sub.add_parser(
+        "keygen", help="make a key for signed commands: an HMAC secret or an Ed25519 pair"
+    )
+    keygen.add_argument("file", type=Path, help="where to write the key (0600)")
+    keygen.add_argument(
+        "--ed25519",
+        action="store_true",
+        help="an Ed25519 pair: FILE is the private key (the sender's), FILE.pub the public "
+        "one (the agent's); default: an HMAC-SHA256 secret both sides keep",
     )
     sub.add_parser("drivers", help="list drivers, their quantities and options")
     sub.add_parser("schema", help="print the JSON Schema of the config")
@@ -347,12 +365,28 @@ def cmd_send(args: argparse.Namespace) -> int:
         level=args.level,
     )
     topics = Topics.for_device(target.topic_prefix, device)
+    payload = command_payload(command)
+    if args.key is not None:
+        from agent.commands.auth import KeyFileError, new_nonce, parse_key, sign_command
+
+        if not args.kid:
+            print("edge-agent send: --key needs --kid (the key's id on the agent)", file=sys.stderr)
+            return EXIT_FAILURE
+        try:
+            key = parse_key(args.key.read_bytes())
+        except (OSError, KeyFileError) as e:
+            print(f"edge-agent send: {args.key}: {e}", file=sys.stderr)
+            return EXIT_FAILURE
+        command["nonce"] = new_nonce()
+        payload = sign_command(
+            topics.output_set(args.output), command_payload(command).decode(), key, args.kid
+        )
     try:
         reply = send_command(
             target,
             topics,
             args.output,
-            command_payload(command),
+            payload,
             command_id=command_id,
             timeout=args.timeout,
         )
@@ -368,6 +402,37 @@ def cmd_send(args: argparse.Namespace) -> int:
         return EXIT_NO_REPLY
     print(json.dumps(reply, ensure_ascii=False))
     return EXIT_OK if reply.get("ok") is True else EXIT_FAILURE
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Write a new key; never overwrites one."""
+    from agent.commands import auth
+
+    files: list[tuple[Path, bytes]]
+    if args.ed25519:
+        try:
+            private, public = auth.new_ed25519_pair()
+        except ImportError:
+            print(
+                "edge-agent keygen: Ed25519 needs the cryptography package: pip install "
+                "'pi-edge-agent[ed25519]' (Raspberry Pi OS: apt install python3-cryptography)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        public_path = args.file.with_name(args.file.name + ".pub")
+        files = [(args.file, private), (public_path, public)]
+    else:
+        files = [(args.file, auth.new_hmac_secret().encode())]
+    for path, _ in files:
+        if path.exists():
+            print(f"edge-agent keygen: {path} exists; not overwriting it", file=sys.stderr)
+            return EXIT_FAILURE
+    for path, data in files:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        print(f"wrote {path} (0600)")
+    return EXIT_OK
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:
