@@ -27,6 +27,9 @@ sensors:
     driver: scd4x
     altitude: 520
     simulation: {co2: 1234, temperature: 23.5, humidity: 38.25}
+  kitchen:
+    driver: bme680
+    simulation: {temperature: 21.5, humidity: 40.25, pressure: 1001.5, gas_resistance: 52000}
 """
 
 #: What each sensor must read: the constants, to the chip's resolution.
@@ -58,4 +61,9 @@ def test_read_simulate_gives_each_climate_sensors_constants_back(tmp_path: Path)
     result = run_cli("read", "--simulate", "-c", str(config))
     assert result.returncode == 0, result.stderr
     values = {r["sensor"]: r["values"] for r in map(json.loads, result.stdout.splitlines())}
+    kitchen = values.pop("kitchen")
     assert values == EXPECTED
+    assert abs(kitchen["temperature"] - 21.5) <= 0.01
+    assert abs(kitchen["humidity"] - 40.25) <= 0.008
+    assert abs(kitchen["pressure"] - 1001.5) <= 0.0018
+    assert abs(kitchen["gas_resistance"] - 52000) <= 52  # the gas ADC's 0.1 %

@@ -19,6 +19,7 @@ sensors:
   bed: {driver: sht4x}
   box: {driver: aht20}
   office: {driver: scd4x}
+  kitchen: {driver: bme680}
 homeassistant: {discovery: true}
 """
 
@@ -41,6 +42,8 @@ def cmps() -> dict[str, dict[str, Any]]:
         ("office_co2", "ppm", "carbon_dioxide"),
         ("office_temperature", "°C", "temperature"),
         ("office_humidity", "%", "humidity"),
+        ("kitchen_pressure", "hPa", "atmospheric_pressure"),
+        ("kitchen_gas_resistance", "Ω", None),  # Home Assistant has no class for it
     ],
 )
 def test_each_quantity_has_its_home_assistant_unit_and_class(
