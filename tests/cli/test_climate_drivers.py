@@ -30,6 +30,10 @@ sensors:
   kitchen:
     driver: bme680
     simulation: {temperature: 21.5, humidity: 40.25, pressure: 1001.5, gas_resistance: 52000}
+  balcony:
+    driver: pms5003
+    port: /dev/ttyAMA0
+    simulation: {pm2_5: 17, pm10: 23, particles_0_3: 999}
 """
 
 #: What each sensor must read: the constants, to the chip's resolution.
@@ -61,9 +65,11 @@ def test_read_simulate_gives_each_climate_sensors_constants_back(tmp_path: Path)
     result = run_cli("read", "--simulate", "-c", str(config))
     assert result.returncode == 0, result.stderr
     values = {r["sensor"]: r["values"] for r in map(json.loads, result.stdout.splitlines())}
-    kitchen = values.pop("kitchen")
+    kitchen, balcony = values.pop("kitchen"), values.pop("balcony")
     assert values == EXPECTED
     assert abs(kitchen["temperature"] - 21.5) <= 0.01
     assert abs(kitchen["humidity"] - 40.25) <= 0.008
     assert abs(kitchen["pressure"] - 1001.5) <= 0.0018
     assert abs(kitchen["gas_resistance"] - 52000) <= 52  # the gas ADC's 0.1 %
+    assert (balcony["pm2_5"], balcony["pm10"], balcony["particles_0_3"]) == (17, 23, 999)
+    assert len(balcony) == 12

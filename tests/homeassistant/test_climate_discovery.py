@@ -20,6 +20,7 @@ sensors:
   box: {driver: aht20}
   office: {driver: scd4x}
   kitchen: {driver: bme680}
+  balcony: {driver: pms5003}
 homeassistant: {discovery: true}
 """
 
@@ -44,6 +45,12 @@ def cmps() -> dict[str, dict[str, Any]]:
         ("office_humidity", "%", "humidity"),
         ("kitchen_pressure", "hPa", "atmospheric_pressure"),
         ("kitchen_gas_resistance", "Ω", None),  # Home Assistant has no class for it
+        ("balcony_pm1_0", "µg/m³", "pm1"),
+        ("balcony_pm2_5", "µg/m³", "pm25"),
+        ("balcony_pm10", "µg/m³", "pm10"),
+        ("balcony_pm2_5_cf1", "µg/m³", "pm25"),
+        ("balcony_particles_0_3", "particles/0.1L", None),
+        ("balcony_particles_10", "particles/0.1L", None),
     ],
 )
 def test_each_quantity_has_its_home_assistant_unit_and_class(
