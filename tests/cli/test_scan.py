@@ -44,7 +44,7 @@ def test_scan_lists_what_answers_and_which_drivers_claim_it() -> None:
         FakeW1Bus(hw).add("28-0316a2795bff", {"temperature": lambda: "21000\n"})
         hw.attach_serial("/dev/serial0", FakeSerialPort())
         text = render(scan(hw), DRIVERS.values())
-    assert "I2C /dev/i2c-1: 1 answering\n  0x77 bme280/bmp280" in text
+    assert "I2C /dev/i2c-1: 1 answering\n  0x77 bme280/bme680/bmp280" in text
     assert "I2C /dev/i2c-3: 1 answering\n  0x29 (no driver claims it)" in text
     assert "1-Wire: 1 device(s)\n  28-0316a2795bff" in text
     assert "serial: /dev/serial0" in text
@@ -92,4 +92,4 @@ def test_scan_of_the_emulated_config_through_the_cli(tmp_path: Path) -> None:
     path.write_text(CONFIG)
     result = run_cli("scan", "--simulate", "-c", str(path))
     assert result.returncode == 0, result.stderr
-    assert "0x76 bme280/bmp280" in result.stdout
+    assert "0x76 bme280/bme680/bmp280" in result.stdout
