@@ -317,8 +317,8 @@ office:
   address: 0x62          # fixed
   model: scd41           # scd40 | scd41
   mode: periodic         # periodic (5 s) | low_power (30 s) | single_shot (SCD41 only)
-  altitude: 0            # metres above sea level, for the CO2 pressure compensation
-  ambient_pressure: null # or hPa (700..1200); overrides the altitude
+  sensor_altitude: 0     # metres above sea level, for the CO2 pressure compensation
+  ambient_pressure: null # or hPa (700..1200); overrides sensor_altitude
   automatic_self_calibration: true   # assumes fresh air (~400 ppm) once a week
   temperature_offset: 4.0            # °C of self-heating the chip subtracts
 """
@@ -332,7 +332,8 @@ class SCD4xOptions(SensorOptions, frozen=True, tag="scd4x"):
     address: Annotated[Literal[0x62], msgspec.Meta(description="0x62 (fixed)")] = 0x62
     model: Model = "scd41"
     mode: Mode = "periodic"
-    altitude: Annotated[int, msgspec.Meta(ge=0, le=3000, description="metres")] = 0
+    #: Not ``altitude``: that key is the agent's (it adds sea-level pressure).
+    sensor_altitude: Annotated[int, msgspec.Meta(ge=0, le=3000, description="metres")] = 0
     ambient_pressure: (
         Annotated[float, msgspec.Meta(ge=700, le=1200, description="hPa; overrides altitude")]
         | None
@@ -364,7 +365,7 @@ def open_scd4x(options: SCD4xOptions, hardware: Hardware) -> SCD4x:
         address=options.address,
         model=options.model,
         mode=options.mode,
-        altitude_m=options.altitude,
+        altitude_m=options.sensor_altitude,
         ambient_pressure_hpa=options.ambient_pressure,
         automatic_self_calibration=options.automatic_self_calibration,
         temperature_offset=options.temperature_offset,

@@ -25,7 +25,7 @@ sensors:
     simulation: {temperature: 17.77, humidity: 64.5}
   office:
     driver: scd4x
-    altitude: 520
+    sensor_altitude: 520
     simulation: {co2: 1234, temperature: 23.5, humidity: 38.25}
   kitchen:
     driver: bme680

@@ -299,7 +299,7 @@ def test_the_sample_is_valid_options() -> None:
     (config,) = yaml.safe_load(scd4x.SAMPLE).values()
     config.pop("interval")
     parsed = msgspec.convert(config, SCD4xOptions)
-    assert (parsed.mode, parsed.altitude, parsed.automatic_self_calibration) == (
+    assert (parsed.mode, parsed.sensor_altitude, parsed.automatic_self_calibration) == (
         "periodic",
         0,
         True,
@@ -320,7 +320,7 @@ def test_options_refuse_modes_the_chip_cannot_serve(config: dict[str, object], o
 
 
 @pytest.mark.parametrize(
-    "config", [{"altitude": -1}, {"ambient_pressure": 1300}, {"address": 0x61}]
+    "config", [{"sensor_altitude": -1}, {"ambient_pressure": 1300}, {"address": 0x61}]
 )
 def test_options_refuse_values_out_of_range(config: dict[str, object]) -> None:
     with pytest.raises(msgspec.ValidationError):
@@ -367,7 +367,9 @@ def test_passes_the_conformance_kit() -> None:
 
 
 def test_passes_the_conformance_kit_with_other_settings() -> None:
-    check_driver(scd4x.SPEC, options={"mode": "low_power", "interval": 60.0, "altitude": 1950})
+    check_driver(
+        scd4x.SPEC, options={"mode": "low_power", "interval": 60.0, "sensor_altitude": 1950}
+    )
 
 
 def test_single_shot_passes_the_conformance_kit() -> None:
