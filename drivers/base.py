@@ -259,6 +259,11 @@ class DriverSpec:
     #: temperature correction then also corrects the humidity (the agent keeps the vapour
     #: pressure the chip measured; ``humidity_follows_temperature``).
     humidity_shares_die: bool = False
+    #: Whether opening and reading it may block: a bus transaction, a wait for a
+    #: conversion. False for a driver that only reads files the kernel answers from
+    #: memory (sysfs, /proc): the agent then reads it on its event loop, with no worker
+    #: thread and no thread hand-off per reading.
+    blocking: bool = True
 
     def quantities_of(self, options: Any) -> Mapping[str, Quantity]:
         """The quantities a sensor configured with ``options`` reports."""

@@ -156,4 +156,5 @@ SPEC = DriverSpec(
     quantities=QUANTITIES,
     sample=SAMPLE,
     computed=("disk_used", "uptime"),
+    blocking=False,  # /proc and sysfs attributes, answered from kernel memory
 )

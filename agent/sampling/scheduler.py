@@ -1,12 +1,15 @@
-"""Drift-free sampling of every sensor, off the event loop, with failure tracking.
+"""Drift-free sampling of every sensor, with failure tracking.
 
 Reading k of a sensor is due at ``t0 + k * interval`` on the monotonic clock, so slow
 reads never make the schedule drift, and a read that overruns skips the slots it missed
 instead of bursting to catch up. Sensors that share an interval start spread in phase.
-Each read runs in a worker thread - one per bus (``Driver.resource``), so reads on one
-bus are serialised and a hung I2C read stalls neither other buses nor MQTT - under a
-timeout. Transient errors are retried with backoff inside the interval; a sensor that
-keeps failing is reported failed, retried every few minutes, and reported again when it
+A read that may block (``DriverSpec.blocking``: an I2C transaction, a conversion wait)
+runs in a worker thread - one per bus (``Driver.resource``), so reads on one bus are
+serialised and a hung I2C read stalls neither other buses nor MQTT - under a timeout. A
+read that cannot block (sysfs, /proc) runs on the event loop itself: a worker's round
+trip (two thread wake-ups and the loop's self-pipe) costs more than such a read.
+Transient errors are retried with backoff inside the interval; a sensor that keeps
+failing is reported failed, retried every few minutes, and reported again when it
 recovers.
 
 A successful read goes through the sensor's :class:`~agent.filters.chain.SensorChain`
@@ -206,6 +209,10 @@ class Scheduler:
         # asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for swallows a
         # cancellation that arrives as the read completes, and the sensor would go on
         # sampling after the agent was told to stop.
+        if not slot.spec.blocking:
+            if slot.driver is None:
+                slot.driver = _open_sensor(slot)
+            return _read_sensor(slot.driver)
         loop = asyncio.get_running_loop()
         if slot.driver is None:
             async with asyncio.timeout(slot.timeout_s):
