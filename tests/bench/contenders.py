@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tests.bench.harness import BENCH, PYTHON, Proc
+from tests.bench.harness import BENCH, PYTHON, CpuLimit, Proc
 
 Workload = Literal["idle", "one"]
 
@@ -115,7 +115,15 @@ class Contender:
     #: The payload of ``<base>/status`` once it is up.
     online = b"online"
 
-    def start(self, workload: Workload, *, port: int, base: str, work: Path) -> Proc:
+    def start(
+        self,
+        workload: Workload,
+        *,
+        port: int,
+        base: str,
+        work: Path,
+        limit: CpuLimit | None = None,
+    ) -> Proc:
         """Run ``workload`` on the broker at ``port`` under topic ``base``."""
         raise NotImplementedError
 
@@ -135,7 +143,15 @@ class Ours(Contender):
     key = "ours"
     title = "ours"
 
-    def start(self, workload: Workload, *, port: int, base: str, work: Path) -> Proc:
+    def start(
+        self,
+        workload: Workload,
+        *,
+        port: int,
+        base: str,
+        work: Path,
+        limit: CpuLimit | None = None,
+    ) -> Proc:
         w = WORKLOADS[workload]
         config = ours_config(
             work / "agent.yaml",
@@ -145,11 +161,12 @@ class Ours(Contender):
             outputs=w.outputs,
             inputs=w.inputs,
         )
-        return agent_process(config, name=f"ours-{workload}")
+        return agent_process(config, name=f"ours-{workload}", limit=limit)
 
 
-def agent_process(config: Path, *, name: str) -> Proc:
-    return Proc([PYTHON, "-m", "agent", "run", "-c", str(config), "--simulate"], name=name)
+def agent_process(config: Path, *, name: str, limit: CpuLimit | None = None) -> Proc:
+    argv = [PYTHON, "-m", "agent", "run", "-c", str(config), "--simulate"]
+    return Proc(argv, name=name, limit=limit)
 
 
 class MqttIo(Contender):
@@ -160,11 +177,20 @@ class MqttIo(Contender):
     def __init__(self, python: Path) -> None:
         self.python = python
 
-    def start(self, workload: Workload, *, port: int, base: str, work: Path) -> Proc:
+    def start(
+        self,
+        workload: Workload,
+        *,
+        port: int,
+        base: str,
+        work: Path,
+        limit: CpuLimit | None = None,
+    ) -> Proc:
         config = mqttio_config(
             work / "mqtt-io.yml", port=port, prefix=base, work=WORKLOADS[workload]
         )
-        return Proc([str(self.python), "-m", "mqtt_io", str(config)], name=f"mqttio-{workload}")
+        argv = [str(self.python), "-m", "mqtt_io", str(config)]
+        return Proc(argv, name=f"mqttio-{workload}", limit=limit)
 
     def command(self, base: str, output: str, on: bool) -> tuple[str, bytes]:
         return f"{base}/output/{output}/set", b"ON" if on else b"OFF"
@@ -180,7 +206,15 @@ class Floor(Contender):
     key = "floor"
     title = "paho floor"
 
-    def start(self, workload: Workload, *, port: int, base: str, work: Path) -> Proc:
+    def start(
+        self,
+        workload: Workload,
+        *,
+        port: int,
+        base: str,
+        work: Path,
+        limit: CpuLimit | None = None,
+    ) -> Proc:
         w = WORKLOADS[workload]
         return Proc(
             [
@@ -194,6 +228,7 @@ class Floor(Contender):
                 f"--inputs={w.inputs}",
             ],
             name=f"floor-{workload}",
+            limit=limit,
         )
 
 

@@ -91,6 +91,64 @@ def proc_sample(pid: int) -> ProcSample:
     return ProcSample(t, cpu_s, rss_kb, sum(threads.values()), write_bytes, threads)
 
 
+# -- CPU limits ------------------------------------------------------------------------
+
+#: The cgroup v1 ``cpu`` controller (ENV-NOTES, "Time and CPU limits").
+CPU_CGROUPS = Path("/sys/fs/cgroup/cpu")
+CFS_PERIOD_US = 100_000
+
+
+class CpuLimit:
+    """A cgroup v1 ``cpu`` group of its own that caps its processes at ``percent`` % of
+    one core (CFS quota per 100 ms period): roughly a Pi Zero 2 at 10 %.
+
+    A process joins before it runs anything (:meth:`wrap`: ``sh`` writes its own pid to
+    ``cgroup.procs`` and ``exec``s the command), so its imports run limited too.
+    :meth:`stat` shows that the limit bit (``nr_throttled``).
+    """
+
+    def __init__(self, percent: float, name: str) -> None:
+        self.percent = percent
+        self.path = CPU_CGROUPS / f"edge-bench-{os.getpid()}-{name}-{time.monotonic_ns()}"
+        self.path.mkdir()
+        (self.path / "cpu.cfs_period_us").write_text(f"{CFS_PERIOD_US}\n")
+        quota = round(CFS_PERIOD_US * percent / 100)
+        (self.path / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why no limit can be set here, or None."""
+        if not (CPU_CGROUPS / "cpu.cfs_quota_us").exists():
+            return f"n/a: no cgroup v1 cpu controller at {CPU_CGROUPS}"
+        if not os.access(CPU_CGROUPS, os.W_OK):
+            return f"n/a: {CPU_CGROUPS} is not writable (needs root)"
+        return None
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        procs = self.path / "cgroup.procs"
+        return ["/bin/sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", *argv]
+
+    def stat(self) -> dict[str, int]:
+        """``cpu.stat``: nr_periods, nr_throttled, throttled_time (ns)."""
+        out: dict[str, int] = {}
+        for line in (self.path / "cpu.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                out[key] = int(value)
+        return out
+
+    def close(self) -> None:
+        """Remove the group (its processes have exited)."""
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
 # -- processes -------------------------------------------------------------------------
 
 
@@ -104,8 +162,9 @@ class Proc:
         name: str,
         env: dict[str, str] | None = None,
         pipe: bool = False,
+        limit: CpuLimit | None = None,
     ) -> None:
-        self.argv = list(argv)
+        self.argv = list(argv) if limit is None else limit.wrap(argv)
         self.name = name
         self.log_path = log_dir() / f"{name}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()

@@ -31,6 +31,7 @@ from tests.bench.contenders import (
 from tests.bench.harness import (
     BENCH,
     PYTHON,
+    CpuLimit,
     FirstMessage,
     Proc,
     ProcSample,
@@ -73,12 +74,14 @@ class Plan:
     b5_readings: int
     b6_trials: int
     b6_window_s: float
+    limited_trials: int  # B1 at the CPU limit
+    limited_commands: int  # B3 at the CPU limit, per mode
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(True, 2, 1, 5, 2, 1, 5, 1, 50, 1, 2, 1, 5000, 1, 3)
-        return cls(False, 5, 2, 60, 5, 2, 30, 2, 500, 2, 5, 2, 50_000, 2, 15)
+            return cls(True, 2, 1, 5, 2, 1, 5, 1, 50, 1, 2, 1, 5000, 1, 3, 1, 30)
+        return cls(False, 5, 2, 60, 5, 2, 30, 2, 500, 2, 5, 2, 50_000, 2, 15, 3, 200)
 
 
 @dataclass
@@ -130,17 +133,26 @@ def _fail(proc: Proc, what: str) -> RuntimeError:
 
 @contextlib.contextmanager
 def running(
-    ctx: Context, contender: Contender, workload: Workload, measure: str, *, nodelay: bool = False
+    ctx: Context,
+    contender: Contender,
+    workload: Workload,
+    measure: str,
+    *,
+    nodelay: bool = False,
+    limit: CpuLimit | None = None,
 ) -> Iterator[tuple[Proc, str, float]]:
-    """Start ``contender`` and wait for it to be online: (process, base, online time)."""
+    """Start ``contender`` (in ``limit``'s cgroup, if given) and wait for it to be online:
+    (process, base, online time)."""
     port = ctx.port(contender, nodelay=nodelay)
     base = base_topic(measure, contender.key)
     waiter = FirstMessage(f"{base}/status", contender.online)
+    timeout = START_TIMEOUT_S if limit is None else START_TIMEOUT_S * 100 / limit.percent / 4
     with Watcher(port, [f"{base}/status"], waiter):
-        proc = contender.start(workload, port=port, base=base, work=scratch(f"{measure}-"))
+        work = scratch(f"{measure}-")
+        proc = contender.start(workload, port=port, base=base, work=work, limit=limit)
         try:
             try:
-                t_online = waiter.wait(START_TIMEOUT_S)
+                t_online = waiter.wait(timeout)
             except TimeoutError as e:
                 raise _fail(proc, str(e)) from None
             yield proc, base, t_online
@@ -160,6 +172,16 @@ def _ratio_at_most(limit: float, other: str) -> Callable[[dict[str, float]], boo
         if "ours" not in m or other not in m:
             return None
         return m["ours"] <= limit * m[other]
+
+    return check
+
+
+def _both(
+    a: Callable[[dict[str, float]], bool | None], b: Callable[[dict[str, float]], bool | None]
+) -> Callable[[dict[str, float]], bool | None]:
+    def check(m: dict[str, float]) -> bool | None:
+        results = [r for r in (a(m), b(m)) if r is not None]
+        return all(results) if results else None
 
     return check
 
@@ -186,9 +208,9 @@ def b1_startup(ctx: Context) -> list[Row]:
         Row(
             "B1",
             "start → retained `online` (ms)",
-            "≤ 0.25 × mqtt-io",
+            "≤ 0.2 × mqtt-io",
             _cells(ctx, values),
-            _ratio_at_most(0.25, "mqttio"),
+            _ratio_at_most(0.2, "mqttio"),
             digits=0,
         )
     ]
@@ -258,17 +280,17 @@ def b2_b7_idle(ctx: Context) -> list[Row]:
         Row(
             "B2",
             f"idle RSS (MiB), end of a {window}",
-            "≤ 1.2 × paho floor",
+            "≤ 1.3 × paho floor",
             _cells(ctx, pick(lambda t: t.rss_mib)),
-            _ratio_at_most(1.2, "floor"),
+            _ratio_at_most(1.3, "floor"),
             digits=1,
         ),
         Row(
             "B2",
             f"idle CPU (% of one core) over a {window}",
-            "≤ 0.3 × mqtt-io",
+            "≤ 0.5 × mqtt-io and ≤ 3 × paho floor",
             _cells(ctx, pick(lambda t: t.cpu_pct)),
-            _ratio_at_most(0.3, "mqttio"),
+            _both(_ratio_at_most(0.5, "mqttio"), _ratio_at_most(3.0, "floor")),
             digits=2,
         ),
         Row(
@@ -350,18 +372,27 @@ class _Echoes:
 
 
 def _b3_trial(
-    ctx: Context, c: Contender, n: int, *, nodelay: bool, command_qos: int, state_qos: int
+    ctx: Context,
+    c: Contender,
+    n: int,
+    *,
+    nodelay: bool,
+    command_qos: int,
+    state_qos: int,
+    limit: CpuLimit | None = None,
 ) -> tuple[list[float], list[float], int]:
     """``n`` sparse commands (each 10 ms after the previous state arrived), then ``n`` in
     bursts of 10 sent 5 ms apart (open loop), 50 ms between bursts. Commands alternate
     on/off per output, round robin over the 4 outputs. One bench client sends them and
     subscribes to the states; the round trip is from just before ``publish()`` to the
     state's arrival on paho's network thread."""
-    with running(ctx, c, "idle", "b3", nodelay=nodelay) as (_proc, base, _t):
+    with running(ctx, c, "idle", "b3", nodelay=nodelay, limit=limit) as (_proc, base, _t):
         echoes = _Echoes(c)
         port = ctx.port(c, nodelay=nodelay)
         with Watcher(port, [c.state_filter(base)], echoes, qos=state_qos) as w:
-            time.sleep(1.0)  # retained states delivered, start-up settled
+            # Retained states delivered, start-up settled (under a CPU limit, mqtt-io
+            # publishes its outputs' states a few seconds after `running`).
+            time.sleep(1.0 if limit is None else 5.0)
             echoes.unexpected = 0  # mqtt-io publishes its outputs' states after `running`
             state: dict[str, bool] = {}
             lost = 0
@@ -423,13 +454,13 @@ def b3_commands(ctx: Context) -> list[Row]:
         judged = not label
         group = [
             Row("B3", f"command → state{label}, sparse, p50 (ms; {total} commands)",
-                "≤ 1.5 × floor" if judged else "—", _cells(ctx, stats["sp50"]),
-                _ratio_at_most(1.5, "floor") if judged else None),
+                "≤ 1.3 × floor" if judged else "—", _cells(ctx, stats["sp50"]),
+                _ratio_at_most(1.3, "floor") if judged else None),
             Row("B3", f"command → state{label}, sparse, p99 (ms)", "≤ 3 ms" if judged else "—",
                 _cells(ctx, stats["sp99"]), _at_most(3.0) if judged else None),
             Row("B3", f"command → state{label}, bursts 5 ms apart, p50 (ms; {total} commands)",
-                "≤ 1.5 × floor" if judged else "—", _cells(ctx, stats["bp50"]),
-                _ratio_at_most(1.5, "floor") if judged else None),
+                "≤ 1.3 × floor" if judged else "—", _cells(ctx, stats["bp50"]),
+                _ratio_at_most(1.3, "floor") if judged else None),
             Row("B3", f"command → state{label}, bursts 5 ms apart, p99 (ms)",
                 "≤ 3 ms" if judged else "—", _cells(ctx, stats["bp99"]),
                 _at_most(3.0) if judged else None),
@@ -844,3 +875,74 @@ def b9_filter_cost(ctx: Context) -> list[Row]:
         ),
         Row("B9", "the same sensor without filters (µs)", "—", cells(plain), None),
     ]
+
+
+# -- B1 and B3 at 10 % of one core (a Pi-class proxy) -----------------------------------
+
+#: The CPU limit of the Pi-class rows, in % of one core (a Pi Zero 2 is roughly this
+#: fraction of one core of this machine's EPYC).
+PI_CPU_PERCENT = 10.0
+
+
+def pi_class(ctx: Context) -> list[Row]:
+    """B1 and B3 with every contender in a cgroup of its own capped at 10 % of one core
+    (cgroup v1 ``cpu.cfs_quota_us`` 10000 per 100000), joined before exec. The notes give,
+    per contender, how often the limit throttled it and the CPU it used over its start."""
+    why = CpuLimit.unavailable()
+    pct = f"{PI_CPU_PERCENT:g} % of one core"
+    if why is not None:
+        cells: dict[str, Series | str] = {c.key: why for c in ctx.contenders}
+        return [Row("B1", f"start → retained `online` at {pct} (ms)", "≤ 0.25 × mqtt-io", cells)]
+    starts: dict[str, list[float]] = {c.key: [] for c in ctx.contenders}
+    notes: list[str] = []
+    for trial in range(ctx.plan.limited_trials):
+        for c in ctx.rotation(trial):
+            limit = CpuLimit(PI_CPU_PERCENT, c.key)
+            try:
+                with running(ctx, c, "idle", "pi", limit=limit) as (proc, _base, t_online):
+                    elapsed = t_online - proc.t_start
+                    cpu = proc.sample().cpu_s
+                    stat = limit.stat()
+                    starts[c.key].append(elapsed * 1000)
+                    notes.append(
+                        f"B1 at {pct}, {c.key} trial {trial}: {cpu * 1000:.0f} ms CPU over"
+                        f" {elapsed * 1000:.0f} ms ({cpu / elapsed * 100:.1f} % of a core);"
+                        f" throttled in {stat.get('nr_throttled', 0)} of"
+                        f" {stat.get('nr_periods', 0)} periods"
+                    )
+            finally:
+                limit.close()
+    n = ctx.plan.limited_commands
+    stats: dict[str, dict[str, list[float]]] = {
+        name: {c.key: [] for c in ctx.contenders} for name in ("sp50", "sp99", "bp50", "bp99")
+    }
+    for c in ctx.rotation(0):
+        limit = CpuLimit(PI_CPU_PERCENT, c.key)
+        try:
+            sparse, bursts, lost = _b3_trial(
+                ctx, c, n, nodelay=True, command_qos=1, state_qos=0, limit=limit
+            )
+            stat = limit.stat()
+        finally:
+            limit.close()
+        stats["sp50"][c.key].append(percentile(sparse, 50))
+        stats["sp99"][c.key].append(percentile(sparse, 99))
+        stats["bp50"][c.key].append(percentile(bursts, 50))
+        stats["bp99"][c.key].append(percentile(bursts, 99))
+        notes.append(
+            f"B3 at {pct}, {c.key}: throttled in {stat.get('nr_throttled', 0)} of"
+            f" {stat.get('nr_periods', 0)} periods"
+            + (f"; {lost} commands unanswered or wrong" if lost else "")
+        )
+    rows = [
+        Row("B1", f"start → retained `online` at {pct} (ms)", "≤ 0.25 × mqtt-io",
+            _cells(ctx, starts), _ratio_at_most(0.25, "mqttio"), digits=0, notes=notes),
+        Row("B3", f"command → state at {pct}, sparse, p50 (ms; {n} commands)", "—",
+            _cells(ctx, stats["sp50"])),
+        Row("B3", f"command → state at {pct}, sparse, p99 (ms)", "—", _cells(ctx, stats["sp99"])),
+        Row("B3", f"command → state at {pct}, bursts 5 ms apart, p50 (ms; {n} commands)", "—",
+            _cells(ctx, stats["bp50"])),
+        Row("B3", f"command → state at {pct}, bursts 5 ms apart, p99 (ms)", "—",
+            _cells(ctx, stats["bp99"])),
+    ]  # fmt: skip
+    return rows

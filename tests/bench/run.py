@@ -3,6 +3,7 @@
     .venv/bin/python -m tests.bench.run            # full run (~10 min), writes RESULTS.md
     BENCH_QUICK=1 .venv/bin/python -m tests.bench.run   # smoke run (~2 min)
     .venv/bin/python -m tests.bench.run --only B1,B3
+    .venv/bin/python -m tests.bench.run --only PI   # B1 and B3 at 10 % of one core
 
 A quick run (or one with ``--only``) writes ``tests/bench/_work/RESULTS-quick.md`` and leaves
 RESULTS.md alone.
@@ -36,6 +37,7 @@ from tests.bench.measures import (
     b6_lateness,
     b8_wakeups,
     b9_filter_cost,
+    pi_class,
 )
 
 RESULTS = BENCH / "RESULTS.md"
@@ -49,6 +51,7 @@ MEASURES: list[tuple[str, str, Callable[[Context], list[Row]]]] = [
     ("B2", "idle RSS and CPU; B7 disk writes", b2_b7_idle),
     ("B8", "idle wake-ups", b8_wakeups),
     ("B9", "filter stage CPU per reading", b9_filter_cost),
+    ("PI", "B1 and B3 at 10 % of one core", pi_class),
 ]
 
 
