@@ -11,7 +11,10 @@ Nothing here turns them off.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -20,13 +23,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, NoReturn, Self
 
-__all__ = ["SCHEMA_VERSION", "MessageStore", "QueuedMessage", "SequenceStore"]
+from agent.errors import AgentError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MessageStore",
+    "QueuedMessage",
+    "SequenceStore",
+    "StorageError",
+    "new_epoch",
+]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The ``PRAGMA user_version`` this code writes and understands."""
 
 # One entry per schema version: _MIGRATIONS[n] takes a database from version n to n + 1.
@@ -48,6 +60,13 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         reserved_up_to INTEGER NOT NULL             -- first seq not yet reserved
     ) WITHOUT ROWID;
     """,
+    # v2: the sequence epoch (see SequenceStore), written by _ensure_epoch after migrating.
+    """
+    CREATE TABLE meta (
+        key   TEXT    PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -55,6 +74,110 @@ _CORRUPTION_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOT
 _SQLITE_HEADER: Final = b"SQLite format 3\x00"
 _TRANSACTION_SYNC: Final = "FULL"
 _DELETE_SYNC: Final = "NORMAL"
+
+# What a failed read or write means, by SQLite's primary result code.
+_SQLITE_REASONS: Final = {
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_READONLY: "read-only",
+    sqlite3.SQLITE_IOERR: "I/O error",
+    sqlite3.SQLITE_CANTOPEN: "cannot open",
+    sqlite3.SQLITE_PERM: "permission denied",
+    sqlite3.SQLITE_AUTH: "permission denied",
+    sqlite3.SQLITE_BUSY: "locked by another process",
+    sqlite3.SQLITE_LOCKED: "locked by another process",
+    sqlite3.SQLITE_CORRUPT: "corrupt",
+    sqlite3.SQLITE_NOTADB: "corrupt",
+}
+_ERRNO_REASONS: Final = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk full",
+    errno.EROFS: "read-only",
+    errno.EIO: "I/O error",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "not a directory",
+    errno.EEXIST: "not a directory",
+    errno.EISDIR: "is a directory",
+}
+
+
+def new_epoch(previous: int = 0) -> int:
+    """A sequence epoch for counters that start afresh: unix milliseconds, and always
+    greater than ``previous`` (a Pi without a clock may start in 1970)."""
+    return max(int(time.time() * 1000), previous + 1)
+
+
+class StorageError(AgentError, OSError):
+    """The buffer's file cannot be read or written: disk full, read-only, I/O error, ...
+
+    Attributes:
+        reason: A short, stable phrase for events and ``/healthz``: ``disk full``,
+            ``read-only``, ``I/O error``, ``permission denied``, ``cannot open``,
+            ``not a directory``, ``is a directory``, ``locked by another process``,
+            ``corrupt``.
+        path: The file (or directory) concerned.
+        detail: What SQLite or the operating system said.
+    """
+
+    def __init__(self, reason: str, path: Path, detail: str) -> None:
+        super().__init__(f"{path}: {reason} ({detail})")
+        self.reason = reason
+        self.path = path
+        self.detail = detail
+
+
+def diagnose(exc: BaseException, path: Path) -> StorageError:
+    """The :class:`StorageError` that an ``sqlite3`` or ``OSError`` failure on ``path``
+    means. SQLite reports most write failures as a bare I/O error; the file system's own
+    flags then tell read-only and full apart."""
+    reason: str | None = None
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        reason = _SQLITE_REASONS.get(code & 0xFF) if isinstance(code, int) else None
+    elif isinstance(exc, OSError) and exc.errno is not None:
+        reason = _ERRNO_REASONS.get(exc.errno)
+    if reason in (None, "I/O error", "cannot open", "read-only"):
+        reason = _file_system_state(path) or reason
+    return StorageError(reason or "I/O error", path, str(exc) or type(exc).__name__)
+
+
+def _file_system_state(path: Path) -> str | None:
+    """What the file system says of ``path``: ``is a directory``, ``not a directory``,
+    ``read-only``, ``disk full``, ``permission denied``, or None when it takes writes.
+
+    SQLite reports most failed writes as a bare I/O error, and a kernel that turned an
+    SD card read-only after an error (``errors=remount-ro``) may still list the mount as
+    ``rw``: a one-byte probe file in the directory tells them apart.
+    """
+    if path.is_dir():
+        return "is a directory"
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            return "not a directory"
+    directory = next((p for p in path.parents if p.is_dir()), None)
+    if directory is None:
+        return None
+    with contextlib.suppress(OSError):
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "read-only"
+    probe = directory / f".edge-agent-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return _ERRNO_REASONS.get(e.errno or 0, "I/O error")
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
+
+
+def _raise_storage(exc: BaseException, path: Path) -> NoReturn:
+    raise diagnose(exc, path) from exc
 
 
 class _Unusable(Exception):
@@ -115,7 +238,20 @@ class MessageStore:
     ``<name>.schema-v<N>-<UTC time>``), together with its ``-wal`` and ``-shm`` files, and a
     fresh store is created; :attr:`recovered_from` then names the moved file. Errors of
     the operating system (permissions, a missing or read-only file system, a lock held by
-    another process) are raised: moving the file would not fix them.
+    another process) are raised as :class:`StorageError`: moving the file would not fix
+    them.
+
+    Storage faults: every failed read or write (disk full, read-only remount, I/O error)
+    raises :class:`StorageError` saying why; a failed transaction is rolled back and the
+    store stays usable, so the caller may retry once the disk is writable again.
+
+    No shared memory: the connection runs in ``locking_mode=EXCLUSIVE``, set before WAL
+    mode is entered, so SQLite keeps the WAL index in the heap and never creates or maps a
+    ``-shm`` file (https://sqlite.org/wal.html, "Use of WAL without shared-memory"), and
+    ``mmap_size=0`` keeps the database itself out of memory maps. A memory-mapped file
+    whose page cannot be written (an unwritable or truncated ``-shm``, a full tmpfs)
+    kills the process with SIGBUS instead of failing a write; a heap index cannot. The
+    exclusive lock also stops a second agent from sharing the buffer by mistake.
 
     Threading: every method takes one lock, so the store may be shared between threads,
     though it is meant for the agent's event-loop thread. Calls block for the length of a
@@ -149,8 +285,9 @@ class MessageStore:
 
         Raises:
             ValueError: A limit or ``seq_block`` is not positive.
-            sqlite3.OperationalError: The file cannot be opened (permissions, locked).
-            OSError: The directory cannot be created or an unusable file cannot be moved.
+            StorageError: The file cannot be opened or created (permissions, a read-only
+                or full file system, a directory in its place, locked by another agent),
+                or an unusable file cannot be moved aside.
         """
         if max_messages < 1:
             raise ValueError(f"max_messages must be at least 1, not {max_messages}")
@@ -165,25 +302,35 @@ class MessageStore:
         self._clock = clock
         self._lock = threading.RLock()
         self._dropped = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: Why the file was moved aside at open (``corrupt``, ``schema-vN``), else None.
+        self.recovered_reason: str | None = None
         try:
-            self._conn = self._connect()
-        except _Unusable as exc:
-            self.recovered_from = self._move_aside(exc.reason)
-            log.error(
-                "buffer %s was unusable (%s); moved to %s and started empty",
-                self.path,
-                exc,
-                self.recovered_from,
-            )
-            self._conn = self._connect()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._conn = self._connect()
+            except _Unusable as exc:
+                self.recovered_from = self._move_aside(exc.reason)
+                self.recovered_reason = exc.reason
+                log.error(
+                    "buffer %s was unusable (%s); moved to %s and started empty",
+                    self.path,
+                    exc,
+                    self.recovered_from,
+                )
+                self._conn = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            if isinstance(exc, StorageError):
+                raise
+            _raise_storage(exc, self.path)
         self._closed = False
         try:
             self._depth: int = self._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
-        except BaseException:
+            self.sequences = SequenceStore(self, block_size=seq_block)
+        except BaseException as exc:
             self._conn.close()
+            if isinstance(exc, sqlite3.Error):
+                _raise_storage(exc, self.path)
             raise
-        self.sequences = SequenceStore(self, block_size=seq_block)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -201,6 +348,9 @@ class MessageStore:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             try:
+                # Before WAL mode: no -shm file, no memory map (see the class docstring).
+                conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+                conn.execute("PRAGMA mmap_size = 0")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {_TRANSACTION_SYNC}")
                 # Truncate the WAL back to this size after a checkpoint (a long outage can
@@ -210,6 +360,7 @@ class MessageStore:
                 if problems != ["ok"]:
                     raise _Unusable("corrupt", "; ".join(str(p) for p in problems))
                 self._migrate(conn)
+                self._ensure_epoch(conn)
             except sqlite3.DatabaseError as exc:
                 if exc.sqlite_errorcode & 0xFF in _CORRUPTION_CODES:
                     raise _Unusable("corrupt", str(exc)) from exc
@@ -241,6 +392,12 @@ class MessageStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _ensure_epoch(conn: sqlite3.Connection) -> None:
+        """Give a new (or just migrated) database its sequence epoch."""
+        if conn.execute("SELECT 1 FROM meta WHERE key = 'epoch'").fetchone() is None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (new_epoch(),))
 
     def _move_aside(self, reason: str) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
@@ -280,12 +437,18 @@ class MessageStore:
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                        # A rollback after an I/O error may fail too; SQLite has then
+                        # rolled back by itself (the transaction is gone either way).
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
                     self._depth, self._dropped = depth, dropped
                     raise
+            except sqlite3.Error as exc:
+                _raise_storage(exc, self.path)
             finally:
                 if sync != _TRANSACTION_SYNC:
-                    conn.execute(f"PRAGMA synchronous = {_TRANSACTION_SYNC}")
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute(f"PRAGMA synchronous = {_TRANSACTION_SYNC}")
 
     # -- the queue -----------------------------------------------------------------------
 
@@ -330,11 +493,14 @@ class MessageStore:
         """
         with self._lock:
             self._check_open()
-            rows = self._conn.execute(
-                "SELECT topic, payload, qos, sensor, seq, ts, id FROM messages"
-                " WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, max(limit, 0)),
-            ).fetchall()
+            try:
+                rows = self._conn.execute(
+                    "SELECT topic, payload, qos, sensor, seq, ts, id FROM messages"
+                    " WHERE id > ? ORDER BY id LIMIT ?",
+                    (after_id, max(limit, 0)),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                _raise_storage(exc, self.path)
         return [QueuedMessage(*row) for row in rows]
 
     def delete(self, ids: Iterable[int]) -> None:
@@ -415,7 +581,10 @@ class MessageStore:
     def _oldest_ts_locked(self) -> float | None:
         if self._depth == 0:
             return None
-        value: float | None = self._conn.execute("SELECT MIN(ts) FROM messages").fetchone()[0]
+        try:
+            value: float | None = self._conn.execute("SELECT MIN(ts) FROM messages").fetchone()[0]
+        except sqlite3.Error as exc:
+            _raise_storage(exc, self.path)
         return value
 
     # -- lifetime ------------------------------------------------------------------------
@@ -430,9 +599,12 @@ class MessageStore:
                 return
             try:
                 self.sequences._release()
+            except StorageError as exc:
+                log.error("cannot save the seq counters to %s: %s", self.path, exc.reason)
             finally:
                 self._closed = True
-                self._conn.close()
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
 
     def __enter__(self) -> Self:
         return self
@@ -451,7 +623,7 @@ class MessageStore:
 
 
 class SequenceStore:
-    """Per-sensor ``seq`` counters that never repeat, not even after a crash.
+    """Per-sensor ``seq`` counters that never repeat within their ``epoch``.
 
     A hi/lo allocator: the database holds, per sensor, ``reserved_up_to``, the first value
     not yet reserved. :meth:`next` hands out values from memory and writes (durably, before
@@ -462,7 +634,20 @@ class SequenceStore:
     reservation: it may skip up to ``block_size - 1`` values, but never repeats one.
     Consumers see a gap (which they treat as possibly lost readings), never a duplicate.
 
+    The epoch: a number (unix milliseconds when it began) that every reading carries next
+    to its ``seq``; (device_id, sensor, epoch, seq) identifies a reading for good. It
+    changes only when the counters could not be kept: a new database (the old one was
+    deleted, or corrupt and moved aside) starts a new epoch with every ``seq`` at 1, and
+    a reservation that cannot be written (disk full, read-only) starts a new epoch in
+    memory, in which the counters go on, because after a crash the old reservation would
+    hand out the same values again. The new epoch is written with the next reservation
+    that succeeds (see :meth:`persist`).
+
     Obtain it as :attr:`MessageStore.sequences`; it shares the store's connection and lock.
+
+    Attributes:
+        epoch: The current epoch.
+        durable: False while the counters run ahead of what the database holds.
     """
 
     def __init__(self, store: MessageStore, *, block_size: int = 1000) -> None:
@@ -478,35 +663,88 @@ class SequenceStore:
         self._store = store
         self._next: dict[str, int] = {}
         self._limit: dict[str, int] = {}
+        row = store._conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        self.epoch: int = int(row[0]) if row else new_epoch()
+        self.durable = True
 
     def next(self, sensor: str) -> int:
-        """Return the sensor's next ``seq`` (the first ever is 1)."""
+        """Return the sensor's next ``seq`` in :attr:`epoch` (the first ever is 1).
+
+        Never raises for a storage fault: the counters then go on in memory under a new
+        epoch (see the class docstring).
+        """
         store = self._store
         with store._lock:
             store._check_open()
             if sensor not in self._next:
-                row = store._conn.execute(
-                    "SELECT reserved_up_to FROM seq_blocks WHERE sensor = ?", (sensor,)
-                ).fetchone()
-                start = int(row[0]) if row else 1
+                start = 1
+                if self.durable:
+                    try:
+                        row = store._conn.execute(
+                            "SELECT reserved_up_to FROM seq_blocks WHERE sensor = ?", (sensor,)
+                        ).fetchone()
+                        start = int(row[0]) if row else 1
+                    except sqlite3.Error as exc:
+                        self._lose_durability(diagnose(exc, store.path))
                 self._next[sensor] = self._limit[sensor] = start
             value = self._next[sensor]
             if value >= self._limit[sensor]:
-                self._write(sensor, value + self.block_size)
                 self._limit[sensor] = value + self.block_size
+                self.persist()
             self._next[sensor] = value + 1
             return value
 
-    def _write(self, sensor: str, reserved_up_to: int) -> None:
-        with self._store._transaction() as conn:
-            conn.execute(
-                "INSERT INTO seq_blocks (sensor, reserved_up_to) VALUES (?, ?)"
-                " ON CONFLICT (sensor) DO UPDATE SET reserved_up_to = excluded.reserved_up_to",
-                (sensor, reserved_up_to),
-            )
+    def persist(self) -> bool:
+        """Write the epoch and every reservation; True when they are on disk.
+
+        Called by :meth:`next` at each reservation, and by whoever sees the disk writable
+        again. A failure starts a new epoch in memory (once per fault).
+        """
+        store = self._store
+        with store._lock:
+            store._check_open()
+            try:
+                with store._transaction() as conn:
+                    if not self.durable:
+                        conn.execute(
+                            "INSERT INTO meta (key, value) VALUES ('epoch', ?) ON CONFLICT"
+                            " (key) DO UPDATE SET value = excluded.value",
+                            (self.epoch,),
+                        )
+                        # Another epoch's reservations are meaningless in this one.
+                        conn.execute("DELETE FROM seq_blocks")
+                    conn.executemany(
+                        "INSERT INTO seq_blocks (sensor, reserved_up_to) VALUES (?, ?) ON"
+                        " CONFLICT (sensor) DO UPDATE SET reserved_up_to = excluded.reserved_up_to",
+                        list(self._limit.items()),
+                    )
+            except StorageError as exc:
+                self._lose_durability(exc)
+                return False
+        if not self.durable:
+            log.info("seq counters saved again to %s (epoch %d)", store.path, self.epoch)
+        self.durable = True
+        return True
+
+    def _lose_durability(self, exc: StorageError) -> None:
+        if not self.durable:
+            return
+        self.durable = False
+        self.epoch = new_epoch(self.epoch)
+        log.error(
+            "cannot save the seq counters to %s (%s): they go on in memory under the new"
+            " epoch %d, so that no (epoch, seq) is ever published twice",
+            exc.path,
+            exc.reason,
+            self.epoch,
+        )
 
     def _release(self) -> None:
         """Write back every counter's exact next value (on clean close)."""
+        if not self.durable:
+            self.persist()
+            if not self.durable:
+                return
         unused = [(s, n) for s, n in self._next.items() if n < self._limit[s]]
         if not unused:
             return

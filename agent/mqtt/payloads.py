@@ -76,6 +76,9 @@ class Reading:
     seq: int
     values: dict[str, float]
     replayed: bool = False
+    #: The ``seq`` counters' epoch (see :class:`agent.buffer.store.SequenceStore`); None
+    #: for counters that are not kept (``edge-agent read``).
+    epoch: int | None = None
 
     def encode(self) -> bytes:
         """The JSON payload of CONTRACT section 5."""
@@ -83,8 +86,10 @@ class Reading:
             "sensor": self.sensor,
             "ts": iso_ts(self.ts),
             "seq": self.seq,
-            "values": self.values,
         }
+        if self.epoch is not None:
+            body["epoch"] = self.epoch
+        body["values"] = self.values
         if self.replayed:
             body["replayed"] = True
         return _encoder.encode(body)

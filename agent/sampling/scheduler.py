@@ -45,9 +45,14 @@ FAILED_RETRY_S = 120.0
 
 
 class SequenceSource(Protocol):
-    """Hands out ``seq`` numbers per sensor, kept across restarts."""
+    """Hands out ``seq`` numbers per sensor, kept across restarts, within an ``epoch``."""
 
     def next(self, sensor: str) -> int: ...
+
+    @property
+    def epoch(self) -> int | None:
+        """The counters' epoch after the last :meth:`next` (None: not kept)."""
+        ...
 
 
 class MemorySequence:
@@ -55,6 +60,10 @@ class MemorySequence:
 
     def __init__(self) -> None:
         self._seq: dict[str, int] = {}
+
+    @property
+    def epoch(self) -> int | None:
+        return None
 
     def next(self, sensor: str) -> int:
         self._seq[sensor] = self._seq.get(sensor, 0) + 1
@@ -245,8 +254,13 @@ class Scheduler:
         slot.last_error = None
         if not sample.published:
             return  # every quantity held back: nothing to publish, and no seq taken
+        seq = self._sequence.next(slot.name)
         reading = Reading(
-            sensor=slot.name, ts=ts, seq=self._sequence.next(slot.name), values=sample.published
+            sensor=slot.name,
+            ts=ts,
+            seq=seq,
+            values=sample.published,
+            epoch=self._sequence.epoch,
         )
         self._emit(reading, slot)
 

@@ -305,15 +305,13 @@ def test_kill_9_mid_write_leaves_a_consistent_prefix(tmp_path: Path) -> None:
 # -- sequence counters -------------------------------------------------------------------
 
 
-def reserved_up_to(path: Path, sensor: str) -> int | None:
-    conn = sqlite3.connect(path)
-    try:
-        row = conn.execute(
-            "SELECT reserved_up_to FROM seq_blocks WHERE sensor = ?", (sensor,)
-        ).fetchone()
-        return None if row is None else int(row[0])
-    finally:
-        conn.close()
+def reserved_up_to(store: MessageStore, sensor: str) -> int | None:
+    """What the file holds, through the store's own connection: it locks the file
+    exclusively, so no other connection may read it while it is open."""
+    row = store._conn.execute(
+        "SELECT reserved_up_to FROM seq_blocks WHERE sensor = ?", (sensor,)
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 def test_seq_starts_at_1_and_counts_per_sensor(store: MessageStore) -> None:
@@ -337,12 +335,12 @@ def test_seq_reservation_is_written_once_per_block(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     with MessageStore(path, seq_block=10) as store:
         assert store.sequences.next("air") == 1
-        assert reserved_up_to(path, "air") == 11
+        assert reserved_up_to(store, "air") == 11
         for expected in range(2, 11):
             assert store.sequences.next("air") == expected
-        assert reserved_up_to(path, "air") == 11  # nine readings, no write
+        assert reserved_up_to(store, "air") == 11  # nine readings, no write
         assert store.sequences.next("air") == 11
-        assert reserved_up_to(path, "air") == 21
+        assert reserved_up_to(store, "air") == 21
 
 
 _SEQ_CRASHER = textwrap.dedent(
