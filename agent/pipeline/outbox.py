@@ -35,6 +35,12 @@ message unacknowledged at a disconnect is sent again only from the store. A dupl
 possible only when the broker got a message whose acknowledgement was lost with the
 connection, which QoS 1 permits; consumers see it by (device_id, sensor, seq).
 
+Storage faults: the store is wrapped in a :class:`~agent.buffer.fallback.Buffer`. When
+the disk refuses a write (full, read-only, I/O error) readings wait in a bounded memory
+queue instead, a ``storage_failed`` event says why, the oldest are dropped beyond the
+queue's size (``buffer_dropping`` with the reason), and every few seconds the disk is
+tried again; ``storage_recovered`` says when the buffer is durable again.
+
 SQLite runs on the event loop. Writes are batched: everything produced in one loop turn
 goes in one transaction (``defer`` runs :meth:`Outbox.flush` at the end of the turn), and
 deletes after acknowledgements are batched the same way. Such a transaction takes about a
@@ -53,6 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
+from agent.buffer.fallback import LIMITS, MEMORY_IDS, RETRY_S, Buffer, StorageFault
 from agent.buffer.store import MessageStore, QueuedMessage
 from agent.events import Event, EventSink, RateLimiter
 from agent.mqtt.payloads import Reading
@@ -115,7 +122,8 @@ class Outbox:
     All methods run on the agent's event loop.
 
     Args:
-        store: The durable buffer (opened by the caller, closed by :meth:`close`).
+        store: The durable buffer (opened by the caller, closed by :meth:`close`); a bare
+            :class:`MessageStore` is wrapped in a :class:`Buffer`.
         sender: Publishes on the current connection.
         durability: ``offline`` or ``always`` (``buffer.durability``).
         report: Receives the ``buffer_dropping`` events.
@@ -130,7 +138,7 @@ class Outbox:
     def __init__(
         self,
         *,
-        store: MessageStore,
+        store: MessageStore | Buffer,
         sender: Sender,
         durability: Durability,
         report: EventSink,
@@ -140,7 +148,8 @@ class Outbox:
         drop_report_period_s: float = DROP_REPORT_PERIOD_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.store = store
+        self.store = store if isinstance(store, Buffer) else Buffer(disk=store)
+        self.store.on_fault = self._storage_changed
         self.durability = durability
         self.replay_window = replay_window
         self.in_flight_limit = IN_FLIGHT_LIMIT
@@ -173,10 +182,11 @@ class Outbox:
         self._pending_delete: set[int] = set()  # acknowledged rows, deleted at turn end
         self._flush_scheduled = False
         self._events: deque[tuple[str, bytes]] = deque(maxlen=EVENT_QUEUE)
-        self._unreported_drops = 0
+        self._unreported_drops: dict[str, int] = {}
         #: Live readings were deferred to the store: acknowledgements wake the replay.
         self._backlog = False
         self._last_drop_report: float | None = None
+        self._next_retry = clock() + RETRY_S
         self._log_limiter = RateLimiter(60.0, clock)
         self._wake = asyncio.Event()
 
@@ -349,6 +359,7 @@ class Outbox:
     async def run(self) -> None:
         """Replay whenever there is something to replay; enforce limits. Until cancelled."""
         next_limits = self._clock() + LIMITS_PERIOD_S
+        self._next_retry = self._clock() + RETRY_S
         while True:
             # Sleep until woken (a connect, a replay acknowledgement, close) or until the
             # next thing that is due; an idle agent wakes once a minute, not every second
@@ -364,6 +375,9 @@ class Outbox:
                 next_limits = self._clock() + LIMITS_PERIOD_S
                 self.store.enforce_limits()
                 self._check_dropped()
+            if self.store.fault is not None and self._clock() >= self._next_retry:
+                self._next_retry = self._clock() + RETRY_S
+                self._retry_storage()
             self._report_drops()
             while self.pump():
                 await asyncio.sleep(0)
@@ -371,6 +385,8 @@ class Outbox:
     def _idle_timeout(self, next_limits: float) -> float:
         """Seconds :meth:`run` may sleep when nothing wakes it."""
         timeout = next_limits - self._clock()
+        if self.store.fault is not None:
+            timeout = min(timeout, self._next_retry - self._clock())
         if self._unreported_drops:
             timeout = min(timeout, self.drop_report_period_s)
         if self._online and self._staged:
@@ -490,32 +506,76 @@ class Outbox:
         dropped = self.store.pop_dropped()
         if not dropped:
             return
-        self.counters["dropped"] += dropped
-        self._unreported_drops += dropped
-        if self._log_limiter.allow("dropped"):
-            log.warning(
-                "buffer at its limits (max_messages %d, max_age %gs): dropping the oldest",
-                self.store.max_messages,
-                self.store.max_age_s,
-            )
+        for reason, n in dropped.items():
+            self.counters["dropped"] += n
+            self._unreported_drops[reason] = self._unreported_drops.get(reason, 0) + n
+            if self._log_limiter.allow(f"dropped {reason}"):
+                log.warning("buffer: dropping the oldest readings (%s)", self._why(reason))
         self._report_drops()
 
+    def _why(self, reason: str) -> str:
+        """The sentence for readings dropped for ``reason``."""
+        if reason == LIMITS:
+            return f"max_messages {self.store.max_messages}, max_age {self.store.max_age_s:g}s"
+        if reason == "max_age":
+            return f"older than max_age {self.store.max_age_s:g}s"
+        return (
+            f"storage {reason}: {self.store.path} cannot be written and at most"
+            f" {self.store.memory_max_messages} readings are kept in memory"
+        )
+
+    # -- storage faults ------------------------------------------------------------------
+
+    def _storage_changed(self, fault: StorageFault | None) -> None:
+        """The buffer's disk failed (``fault``) or works again (None): say so once."""
+        if fault is None:
+            self._report(
+                Event(
+                    "storage_recovered",
+                    f"the buffer {self.store.path} is writable again; readings are durable",
+                    "info",
+                    {"path": str(self.store.path)},
+                )
+            )
+            return
+        self._next_retry = self._clock() + RETRY_S
+        self._report(
+            Event(
+                "storage_failed",
+                f"the buffer {fault.path} cannot be written ({fault.reason}: {fault.detail});"
+                f" keeping up to {self.store.memory_max_messages} readings in memory and"
+                f" trying again every {RETRY_S:g} s",
+                "error",
+                {"reason": fault.reason, "path": str(fault.path)},
+            )
+        )
+        self._wake.set()
+
+    def _retry_storage(self) -> None:
+        """Move the memory queue to the disk if it takes writes again."""
+        if any(i >= MEMORY_IDS for i in self._stored_inflight):
+            return  # their ids change when they move: wait for their acknowledgements
+        if self.store.retry():
+            self._cursor = 0  # the moved entries are store rows now, with new ids
+            self._check_dropped()
+
     def _report_drops(self) -> None:
-        """Publish the merged drop count, at most once per period and only when online."""
+        """Publish the merged drop counts (one event per reason), at most once per period
+        and only when online."""
         if not self._unreported_drops or not self._online:
             return
         now = self._clock()
         last = self._last_drop_report
         if last is not None and now - last < self.drop_report_period_s:
             return  # run() tries again when the period is over
-        dropped, self._unreported_drops = self._unreported_drops, 0
+        drops, self._unreported_drops = self._unreported_drops, {}
         self._last_drop_report = now
-        self._report(
-            Event(
-                "buffer_dropping",
-                f"the buffer dropped its {dropped} oldest readings"
-                f" (max_messages {self.store.max_messages}, max_age {self.store.max_age_s:g}s)",
-                "warning",
-                {"dropped": dropped},
+        for reason, dropped in drops.items():
+            self._report(
+                Event(
+                    "buffer_dropping",
+                    f"the buffer dropped its {dropped} oldest readings ({self._why(reason)})",
+                    "warning",
+                    {"dropped": dropped, "reason": reason},
+                )
             )
-        )

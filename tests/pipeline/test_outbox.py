@@ -153,7 +153,7 @@ def test_dropped_readings_are_reported_once_merged_when_online(store: MessageSto
     assert not events, "reported when it can be published"
     outbox.connected()
     (event,) = events
-    assert event.kind == "buffer_dropping" and event.fields == {"dropped": 20}
+    assert event.kind == "buffer_dropping" and event.fields == {"dropped": 20, "reason": "limits"}
     assert [m.seq for m in store.take(1)] == [21], "the oldest went"
 
 
