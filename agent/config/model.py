@@ -97,6 +97,8 @@ class BufferConfig(Options, frozen=True):
     max_messages: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] = 100_000
     max_age: PositiveSeconds = 7 * 86400.0
     durability: Literal["offline", "always"] = "offline"
+    #: Readings kept in memory while the disk cannot be written (full, read-only, ...).
+    memory_max_messages: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000
 
 
 ResponsePrefix = Annotated[

@@ -82,6 +82,16 @@ class _AgentCollector(Collector):
         ):
             yield CounterMetricFamily(f"edge_agent_{key}", help_text, s.outbox.get(key, 0))
         yield CounterMetricFamily("edge_agent_events", "Events reported", s.events)
+        storage = GaugeMetricFamily(
+            "edge_agent_storage_ok", "1 while the buffer's disk takes writes", labels=["reason"]
+        )
+        storage.add_metric([s.storage_fault or ""], int(s.storage_fault is None))
+        yield storage
+        yield GaugeMetricFamily(
+            "edge_agent_buffer_memory_depth",
+            "Readings kept in memory because the buffer's disk cannot be written",
+            s.memory_depth,
+        )
         yield GaugeMetricFamily(
             "edge_agent_buffer_depth", "Readings not yet acknowledged", s.queue_depth
         )

@@ -89,6 +89,26 @@ class Snapshot:
     latency_counts: list[int] = field(default_factory=list)
     latency_count: int = 0
     latency_sum: float = 0.0
+    #: The buffer's storage fault reason, or None while it is durable.
+    storage_fault: str | None = None
+    memory_depth: int = 0
+
+
+def storage_state(agent: AgentState) -> dict[str, Any]:
+    """``{"ok", "path", "reason", "since", "memory_depth", "memory_max_messages"}``."""
+    outbox = agent.outbox
+    if outbox is None:
+        return {"ok": True}
+    store = outbox.store
+    fault = store.fault
+    return {
+        "ok": fault is None,
+        "path": str(store.path),
+        "reason": fault.reason if fault else None,
+        "since": iso_ts(fault.since) if fault else None,
+        "memory_depth": store.memory_depth(),
+        "memory_max_messages": store.memory_max_messages,
+    }
 
 
 def health_payload(agent: AgentState) -> dict[str, Any]:
@@ -104,6 +124,7 @@ def health_payload(agent: AgentState) -> dict[str, Any]:
         "oldest_queued_age_s": round(max(now - oldest, 0.0), 3) if oldest else None,
         "counters": {**agent.counters, **(outbox.counters if outbox is not None else {})},
         "sensors_failed": failed_sensors(agent),
+        "storage": storage_state(agent),
         "last_error": agent.last_error,
     }
 
@@ -116,7 +137,8 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
     """``/healthz``: healthy while connected, or buffering within the limits.
 
     Unhealthy reasons: the broker unreachable for longer than ``health.max_offline``; the
-    buffer over 90 % of ``buffer.max_messages``; the oldest buffered reading older than
+    buffer over 90 % of ``buffer.max_messages``; the buffer's disk failing (``storage``:
+    readings only in memory); the oldest buffered reading older than
     half of ``buffer.max_age`` (it would soon be dropped); a stopped sampling task or
     network thread. The event loop answering at all is the first check.
     """
@@ -141,6 +163,12 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
             f"oldest buffered reading is {now - oldest:.0f} s old "
             f"(buffer.max_age: {config.buffer.max_age:g} s)"
         )
+    storage = storage_state(agent)
+    if not storage["ok"]:
+        reasons.append(
+            f"storage: the buffer {storage['path']} cannot be written ({storage['reason']});"
+            f" {storage['memory_depth']} of {storage['memory_max_messages']} readings in memory"
+        )
     if not agent.sampling_running:
         reasons.append("sampling has stopped")
     if agent.transport is not None and not agent.transport.alive:
@@ -162,6 +190,7 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
             name: {"state": "on" if state.on else "off", "ts": iso_ts(state.ts)}
             for name, state in (agent.inputs.states.items() if agent.inputs else [])
         },
+        "storage": storage,
         "last_error": agent.last_error,
     }
     return not reasons, body
@@ -238,4 +267,6 @@ def snapshot(agent: AgentState) -> Snapshot:
         latency_counts=list(commands.latency.counts) if commands else [],
         latency_count=commands.latency.count if commands else 0,
         latency_sum=commands.latency.sum if commands else 0.0,
+        storage_fault=outbox.store.fault.reason if outbox and outbox.store.fault else None,
+        memory_depth=outbox.store.memory_depth() if outbox is not None else 0,
     )

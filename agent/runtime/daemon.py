@@ -18,7 +18,8 @@ from agent import __version__
 from agent.actuation.inputs import InputState, InputWatcher
 from agent.actuation.outputs import OutputController, OutputState
 from agent.actuation.statefile import OutputStateFile
-from agent.buffer.store import MessageStore
+from agent.buffer.fallback import RETRY_S, Buffer
+from agent.buffer.store import MessageStore, StorageError, diagnose
 from agent.commands.handler import CommandAuth, CommandHandler, Reply
 from agent.commands.seen import SeenCommands
 from agent.config.digest import config_digest, digest_key
@@ -72,26 +73,68 @@ def private_dir(directory: Path) -> None:
             log.warning("%s was mode %04o; made it 0700", directory, mode)
 
 
-def open_store(config: Config) -> MessageStore:
-    """The store-and-forward buffer: ``buffer.path``, else ``<state_dir>/buffer.db``.
+def buffer_path(config: Config) -> Path:
+    """``buffer.path``, else ``<state_dir>/buffer.db``."""
+    directory = state_dir(config.state_dir)
+    return Path(config.buffer.path).expanduser() if config.buffer.path else directory / "buffer.db"
 
-    The directory is private (0700) and the database with its ``-wal`` and ``-shm``
-    companions 0600 (SQLite gives those the database file's mode).
+
+def open_disk_store(config: Config) -> MessageStore:
+    """The SQLite store at :func:`buffer_path`.
+
+    The directory is private (0700) and the database with its ``-wal`` companion 0600
+    (SQLite gives it the database file's mode).
+
+    Raises:
+        StorageError: the directory or the file cannot be used.
     """
     directory = state_dir(config.state_dir)
-    private_dir(directory)
-    path = Path(config.buffer.path).expanduser() if config.buffer.path else directory / "buffer.db"
-    if path.parent != directory:
-        private_dir(path.parent)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    os.chmod(path, 0o600)
+    path = buffer_path(config)
+    try:
+        private_dir(directory)
+        if path.parent != directory:
+            private_dir(path.parent)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+    except OSError as e:
+        raise diagnose(e, path) from e
     store = MessageStore(
         path, max_messages=config.buffer.max_messages, max_age_s=config.buffer.max_age
     )
     for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.chmod(path.with_name(path.name + suffix), 0o600)
     return store
+
+
+def open_store(config: Config) -> Buffer:
+    """The store-and-forward buffer. A state directory or buffer file that cannot be used
+    is not fatal: the agent runs on the memory queue (``buffer.memory_max_messages``),
+    says so in one line, and tries the disk again every few seconds."""
+    try:
+        disk: MessageStore | None = open_disk_store(config)
+        fault: StorageError | None = None
+    except StorageError as e:
+        disk, fault = None, e
+        log.error(
+            "the buffer %s cannot be used (%s: %s): running WITHOUT durability, up to %d"
+            " readings in memory, trying again every %g s; fix the directory (permissions,"
+            " a full or read-only file system) or set state_dir / buffer.path",
+            e.path,
+            e.reason,
+            e.detail,
+            config.buffer.memory_max_messages,
+            RETRY_S,
+        )
+    return Buffer(
+        disk=disk,
+        path=buffer_path(config),
+        max_messages=config.buffer.max_messages,
+        max_age_s=config.buffer.max_age,
+        memory_max_messages=config.buffer.memory_max_messages,
+        reopen=lambda: open_disk_store(config),
+        fault=fault,
+    )
 
 
 class _Link(TransportEvents):
@@ -221,6 +264,7 @@ class Agent(TransportEvents):
         self._digest_key = digest_key(state_dir(self.config.state_dir))
         if store.depth():
             log.info("buffer %s holds %d readings to deliver", store.path, store.depth())
+        self._report_store_state(store)
         transport = self._new_transport()
         outbox = self._outbox = Outbox(
             store=store,
@@ -287,6 +331,37 @@ class Agent(TransportEvents):
             self.inputs.close()
             hardware.close()
             log.info("edge-agent stopped")
+
+    def _report_store_state(self, store: Buffer) -> None:
+        """Events for a buffer that was moved aside, or cannot be used, at start."""
+        disk = store.disk
+        if disk is not None and disk.recovered_from is not None:
+            self.report(
+                Event(
+                    "buffer_recovered",
+                    f"the buffer {disk.path} was unusable ({disk.recovered_reason}); moved to"
+                    f" {disk.recovered_from} and started empty; seq starts again at 1 under"
+                    f" the new epoch {disk.sequences.epoch}",
+                    level="error",
+                    fields={
+                        "reason": disk.recovered_reason,
+                        "moved_to": str(disk.recovered_from),
+                        "epoch": disk.sequences.epoch,
+                    },
+                )
+            )
+        if store.fault is not None:
+            fault = store.fault
+            self.report(
+                Event(
+                    "storage_failed",
+                    f"the buffer {fault.path} cannot be used ({fault.reason}: {fault.detail});"
+                    f" running without durability, up to {store.memory_max_messages}"
+                    " readings in memory",
+                    level="error",
+                    fields={"reason": fault.reason, "path": str(fault.path)},
+                )
+            )
 
     def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``coro`` until the agent stops; if it fails, the agent stops with its error."""
