@@ -14,6 +14,7 @@ no other file but its line in :mod:`drivers.registry`:
 from __future__ import annotations
 
 import abc
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from drivers.hardware import Hardware, SimulatedHardware
 
 #: Seconds per duration unit.
+#: The longest duration accepted: ten years. Longer ones are mistakes, and the timers
+#: that take them (asyncio, threading, MQTT's 32-bit intervals) have limits of their own.
+MAX_DURATION_S = 3650 * 86400.0
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)\s*$")
 
@@ -38,12 +42,19 @@ def parse_duration(value: object) -> float:
     """
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 10s, 5m or a number of seconds, got {value}")
+    seconds: float | None = None
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+            seconds = float(match.group(1)) * DURATION_UNITS[match.group(2)]
+    if seconds is not None:
+        if not math.isfinite(seconds):
+            raise ValueError(f"must be a finite duration, got {value!r}")
+        if seconds > MAX_DURATION_S:
+            raise ValueError(f"must be at most 3650d (ten years), got {value!r}")
+        return seconds
     raise ValueError(
         f"expected a duration such as 500ms, 10s, 5m, 1h, 7d or a number of seconds, got {value!r}"
     )

@@ -21,6 +21,80 @@ from agent.filters.config import check_processing, processing_of
 from drivers.registry import DRIVERS
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
+#: The largest config file read. A real one is a few kilobytes; parsing is not free
+#: (a 27 MB file took 144 s and 2.7 GB) and the agent parses it on every reload.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: The largest secret file (``password_file``) read.
+MAX_SECRET_BYTES = 64 * 1024
+#: Kernel file systems whose "files" are not files a config may live in.
+_PSEUDO_FS_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+class FileRefused(Exception):
+    """A file that is not read: not a regular file, too large, unreadable."""
+
+
+def read_bounded(path: Path, *, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them.
+
+    A FIFO, a device (``/dev/zero``, ``/dev/urandom``) or a file under ``/proc``, ``/sys``
+    or ``/dev`` is refused without reading from it (a FIFO would block forever); so is a
+    file larger than ``limit``. The file is opened non-blocking, then checked by
+    ``fstat``: what is checked is what is read.
+
+    Raises:
+        FileRefused: with a message fit for the user.
+    """
+    resolved = path.resolve()
+    if any(resolved.is_relative_to(root) for root in _PSEUDO_FS_ROOTS):
+        raise FileRefused(f"{resolved} is not a regular file (a kernel file system)")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise FileRefused(f"cannot read: {e.strerror}") from e
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = (
+                "a FIFO"
+                if stat.S_ISFIFO(mode)
+                else "a directory"
+                if stat.S_ISDIR(mode)
+                else "a device"
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket"
+                if stat.S_ISSOCK(mode)
+                else "not a file"
+            )
+            raise FileRefused(f"not a regular file ({kind})")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise FileRefused(f"cannot read: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise FileRefused(f"larger than {limit // 1024} KiB: refusing to read it")
+    return b"".join(chunks)
+
+
+def decode_utf8(raw: bytes) -> str:
+    """``raw`` as UTF-8 text.
+
+    Raises:
+        FileRefused: saying on which line the first undecodable byte is.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise FileRefused(f"line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from e
 
 
 @dataclass(frozen=True)
@@ -46,13 +120,15 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Load
     """
     file = str(path)
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError([ConfigProblem(file, None, "", f"cannot read: {e.strerror}")]) from e
+        raw = read_bounded(path, limit=MAX_CONFIG_BYTES)
+    except FileRefused as e:
+        raise ConfigError([ConfigProblem(file, None, "", str(e))]) from e
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError([ConfigProblem(file, None, "", "not UTF-8 text")]) from e
+        line = raw.count(b"\n", 0, e.start) + 1
+        message = f"not UTF-8 text (byte 0x{raw[e.start]:02x})"
+        raise ConfigError([ConfigProblem(file, line, "", message)]) from e
     config = parse_config(text, file=file, base_dir=path.parent, environ=environ)
     return LoadedConfig(config=config, path=path)
 
@@ -83,6 +159,50 @@ def parse_config(
     return config
 
 
+#: Room left in a topic for ``/<device_id>/output/<name>/state`` and the like (names are
+#: at most 64 characters): a prefix longer than MQTT's 65535 bytes minus this cannot work.
+TOPIC_SUFFIX_ROOM = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_mqtt_string(value: str | None, where: KeyPath, problems: Problems) -> None:
+    """No NUL or control character: MQTT forbids U+0000 and brokers drop the rest."""
+    if value is not None and (match := _CONTROL.search(value)):
+        problems.add(where, f"must not contain control characters, found {match.group()!r}")
+
+
+def _check_topic_base(value: str, where: KeyPath, problems: Problems) -> None:
+    """A prefix every topic starts with: no ``$`` level, no control characters, and short
+    enough that the longest topic stays within MQTT's 65535 bytes."""
+    _check_mqtt_string(value, where, problems)
+    if value.startswith("$"):
+        problems.add(
+            where, "must not start with `$`: such topics are the broker's ($SYS), not for clients"
+        )
+    size = len(value.encode("utf-8"))
+    if size > 65535 - TOPIC_SUFFIX_ROOM:
+        problems.add(
+            where,
+            f"is {size} bytes long: with the device id and a topic's suffix it would pass"
+            f" MQTT's limit of 65535 bytes (at most {65535 - TOPIC_SUFFIX_ROOM})",
+        )
+
+
+def _check_limits(config: Config, problems: Problems) -> None:
+    """What the types allow but MQTT or the runtime do not."""
+    mqtt = config.mqtt
+    _check_topic_base(mqtt.topic_prefix, ("mqtt", "topic_prefix"), problems)
+    _check_topic_base(config.homeassistant.prefix, ("homeassistant", "prefix"), problems)
+    _check_mqtt_string(mqtt.client_id, ("mqtt", "client_id"), problems)
+    _check_mqtt_string(mqtt.username, ("mqtt", "username"), problems)
+    _check_mqtt_string(mqtt.host, ("mqtt", "host"), problems)
+    listen = config.health.listen
+    if listen is not None:
+        port = int(listen.rpartition(":")[2])
+        if not 1 <= port <= 65535:
+            problems.add(("health", "listen"), f"port {port} is not from 1 to 65535")
+
+
 def _check_references(config: Config, problems: Problems) -> None:
     response_prefix = config.commands.response_prefix
     if response_prefix is not None:
@@ -93,6 +213,7 @@ def _check_references(config: Config, problems: Problems) -> None:
                     f"must not be under {reserved}/#: replies there could pass for a "
                     "device's own state or a discovery message",
                 )
+    _check_limits(config, problems)
     for name, output in config.outputs.items():
         for i, other in enumerate(output.interlock):
             if other == name:
@@ -134,8 +255,12 @@ def _resolve(config: Config, base_dir: Path, problems: Problems) -> Config:
     if mqtt.password_file is not None:
         where = ("mqtt", "password_file")
         data = read_secret_file(base_dir / mqtt.password_file, where, problems)
-        if data is not None:
-            password = data.decode("utf-8", "replace").rstrip("\r\n")
+        try:
+            password = data.decode("utf-8").rstrip("\r\n") if data is not None else None
+        except UnicodeDecodeError:
+            problems.add(where, f"{base_dir / mqtt.password_file} is not UTF-8 text")
+            password = None
+        if password is not None:
             mqtt = msgspec.structs.replace(mqtt, password=password, password_file=None)
     if mqtt.tls is not None:
         for key in ("ca_certs", "certfile", "keyfile"):
@@ -219,14 +344,14 @@ def loose_permissions(path: Path) -> str | None:
 def read_secret_file(path: Path, where: KeyPath, problems: Problems) -> bytes | None:
     """The bytes of a file holding a secret, or None with the problem recorded (which
     never quotes the file's content)."""
+    try:
+        data = read_bounded(path, limit=MAX_SECRET_BYTES)
+    except FileRefused as e:
+        problems.add(where, f"cannot use {path}: {e}")
+        return None
     problem = loose_permissions(path)
     if problem is not None:
         problems.add(where, problem)
-        return None
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        problems.add(where, f"cannot read {path}: {e.strerror}")
         return None
     if not data.strip():
         problems.add(where, f"{path} is empty")

@@ -13,6 +13,7 @@ import msgspec
 from agent.filters.config import with_processing
 from drivers import registry
 from drivers.base import (
+    DURATION_JSON_SCHEMA,
     InputOptions,
     Options,
     OutputOptions,
@@ -23,6 +24,16 @@ from drivers.base import (
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=64)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+#: MQTT 5's Session Expiry Interval is a four-byte integer of seconds.
+SessionExpirySeconds = Annotated[
+    float,
+    msgspec.Meta(
+        ge=0,
+        le=4294967295,
+        extra={"duration": True},
+        extra_json_schema=DURATION_JSON_SCHEMA,
+    ),
+]
 
 if TYPE_CHECKING:
     SensorConfig = SensorOptions
@@ -74,7 +85,7 @@ class MQTTConfig(Options, frozen=True):
     topic_prefix: Annotated[
         str, msgspec.Meta(pattern=r"^[^#+/\x00]+(/[^#+/\x00]+)*$", min_length=1)
     ] = "edge"
-    session_expiry: Seconds = 3600.0
+    session_expiry: SessionExpirySeconds = 3600.0
     tls: TLSConfig | None = None
     reconnect: ReconnectConfig = ReconnectConfig()
 

@@ -9,6 +9,7 @@ sequences and ``X | None`` are walked here; leaves are checked by ``msgspec.conv
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 import typing
@@ -61,6 +62,11 @@ def format_path(path: KeyPath) -> str:
 
 def convert(value: Any, tp: Any, path: KeyPath, problems: Problems) -> Any:
     """``value`` as an instance of ``tp``, or :data:`INVALID` with problems recorded."""
+    if isinstance(value, float) and not math.isfinite(value):
+        # YAML's .inf and .nan: no setting of the agent means "infinite", and timers,
+        # JSON payloads and MQTT intervals all break on them at run time.
+        problems.add(path, f"must be a finite number, got {value!r}")
+        return INVALID
     origin = get_origin(tp)
     if origin is Annotated:
         return _leaf(_maybe_duration(value, tp, path, problems), tp, path, problems)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from tests.support.mqtt import run_cli
 
 AIR = "sensors:\n  air:\n    driver: bme280\n"
+RELAY = "outputs:\n  pump:\n    driver: relay\n    pin: 17\n"
+SENSOR = "sensors:\n  pi:\n    driver: system\n"
 
 #: (id, YAML, expected line, expected key path, words the message must contain)
 BAD_CONFIGS: list[tuple[str, str, int, str, str]] = [
@@ -270,6 +274,55 @@ BAD_CONFIGS: list[tuple[str, str, int, str, str]] = [
         "sensors.air.publish.heartbeat",
         "expected a duration",
     ),
+    # Values the types allowed that broke the daemon at run time (issue 20, row 7).
+    ("max-on-inf", f"{RELAY}    max_on: .inf\n", 5, "outputs.pump.max_on", "finite"),
+    (
+        "max-on-inf-initial-on",
+        f"{RELAY}    initial: on\n    max_on: .inf\n",
+        6,
+        "outputs.pump.max_on",
+        "finite",
+    ),
+    ("interval-inf", f"{SENSOR}    interval: .inf\n", 4, "sensors.pi.interval", "finite"),
+    ("interval-nan", f"{SENSOR}    interval: .nan\n", 4, "sensors.pi.interval", "finite"),
+    ("duration-too-long", "buffer:\n  max_age: 99999d\n", 2, "buffer.max_age", "3650d"),
+    (
+        "session-expiry-beyond-32-bit",
+        "mqtt:\n  session_expiry: 5000000000\n",
+        2,
+        "mqtt.session_expiry",
+        "at most",
+    ),
+    (
+        "topic-prefix-too-long",
+        f"mqtt:\n  topic_prefix: {'p' * 65_600}\n",
+        2,
+        "mqtt.topic_prefix",
+        "65535",
+    ),
+    (
+        "health-listen-port",
+        'health:\n  listen: "127.0.0.1:99999"\n',
+        2,
+        "health.listen",
+        "1 to 65535",
+    ),
+    ("topic-prefix-dollar", "mqtt:\n  topic_prefix: $SYS\n", 2, "mqtt.topic_prefix", "`$`"),
+    (
+        "topic-prefix-newline",
+        'mqtt:\n  topic_prefix: "edge\\nx"\n',
+        2,
+        "mqtt.topic_prefix",
+        "control characters",
+    ),
+    ("client-id-nul", 'mqtt:\n  client_id: "a\\0b"\n', 2, "mqtt.client_id", "control characters"),
+    (
+        "ha-prefix-dollar",
+        "homeassistant:\n  prefix: $ha\n",
+        2,
+        "homeassistant.prefix",
+        "`$`",
+    ),
 ]
 
 
@@ -317,3 +370,92 @@ def test_run_with_a_bad_config_exits_78_without_traceback(tmp_path: Path) -> Non
     assert result.returncode == 78
     assert f"{config}:2: mqtt.port:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- hostile files (issue 20, row 8): every one is FILE[:LINE]: message, exit 78, at once ---
+
+
+def alias_bomb(levels: int) -> str:
+    """Ten times more values per level: 10**levels in all, in a few hundred bytes."""
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for n in range(1, levels):
+        refs = ",".join([f"*l{n - 1}"] * 10)
+        lines.append(f"l{n}: &l{n} [{refs}]")
+    return "\n".join(lines) + "\n"
+
+
+def _write(tmp_path: Path, name: str, body: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    return path
+
+
+def _fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "fifo.yaml"
+    os.mkfifo(path)
+    return path
+
+
+#: (id, make the config file, expected line or None, words the message must contain)
+HOSTILE: list[tuple[str, Callable[[Path], Path], int | None, str]] = [
+    ("alias-bomb-1e6", lambda t: _write(t, "c.yaml", alias_bomb(6)), None, "expands to more"),
+    ("alias-bomb-1e10", lambda t: _write(t, "c.yaml", alias_bomb(10)), None, "expands to more"),
+    ("dev-zero", lambda t: Path("/dev/zero"), None, "not a regular file"),
+    ("fifo", _fifo, None, "not a regular file (a FIFO)"),
+    ("directory", lambda t: t, None, "not a regular file"),
+    (
+        "nesting-500",
+        lambda t: _write(t, "c.yaml", "a: " + "[" * 500 + "]" * 500 + "\n"),
+        1,
+        "nested deeper than 64",
+    ),
+    ("nul-character", lambda t: _write(t, "c.yaml", "device_id: a\x00b\n"), 1, "not allowed"),
+    (
+        "list-as-key",
+        lambda t: _write(t, "c.yaml", "device_id: a\n? [x, y]\n: 1\n"),
+        2,
+        "key must be a string",
+    ),
+    ("not-utf-8", lambda t: _write(t, "c.yaml", b"device_id: a\nmqtt: \xff\n"), 2, "UTF-8"),
+    (
+        "too-large",
+        lambda t: _write(t, "c.yaml", "# padding\n" * 200_000),
+        None,
+        "larger than 1024 KiB",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "line", "words"), [pytest.param(*case[1:], id=case[0]) for case in HOSTILE]
+)
+def test_hostile_config_files_are_refused_quickly_without_traceback(
+    tmp_path: Path, make: Callable[[Path], Path], line: int | None, words: str
+) -> None:
+    config = make(tmp_path)
+    result = run_cli("check", "-c", str(config), timeout=20)
+    assert result.returncode == 78, result.stderr
+    assert "Traceback" not in result.stderr
+    prefix = f"{config}:{line}: " if line else f"{config}:"  # None: with or without a line
+    (first, *_) = result.stderr.splitlines()
+    assert first.startswith(prefix) and words in first, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("secret", "words"),
+    [
+        pytest.param(Path("/dev/urandom"), "not a regular file", id="dev-urandom"),
+        pytest.param(None, "UTF-8", id="not-utf-8"),
+    ],
+)
+def test_a_hostile_password_file_is_a_problem_of_its_key(
+    tmp_path: Path, secret: Path | None, words: str
+) -> None:
+    if secret is None:
+        secret = _write(tmp_path, "pass", b"\xff\xfe\x00secret")
+        secret.chmod(0o600)  # private, as a secret must be: only its content is wrong
+    config = _write(tmp_path, "c.yaml", f"mqtt:\n  password_file: {secret}\n")
+    result = run_cli("check", "-c", str(config), timeout=20)
+    assert result.returncode == 78, result.stderr
+    (first, *_) = result.stderr.splitlines()
+    assert first.startswith(f"{config}:2: mqtt.password_file: ") and words in first, first
