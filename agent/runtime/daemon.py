@@ -50,6 +50,8 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 #: How long a clean stop waits for readings in flight to be acknowledged.
 DRAIN_ON_STOP_S = 1.0
+#: Least time from one reload's start to the next, when requests come in a storm.
+RELOAD_MIN_INTERVAL_S = 1.0
 #: How often systemd's STATUS= line is refreshed (sent only when it changed).
 STATUS_EVERY_S = 5.0
 
@@ -216,7 +218,9 @@ class Agent(TransportEvents):
         self._http: HealthServer | None = None
         self._stop: asyncio.Event | None = None
         self._failure: BaseException | None = None
-        self._reloading: asyncio.Task[bool] | None = None
+        self._reloading: asyncio.Task[None] | None = None
+        #: A reload was requested while one ran: one more follows it (the last wins).
+        self._reload_again = False
         #: Events reported before the outbox exists (an output that cannot be opened).
         self._early_events: list[Event] = []
         self._stopping = False
@@ -507,11 +511,32 @@ class Agent(TransportEvents):
 
     # -- reload (SIGHUP) ---------------------------------------------------------------
     def request_reload(self) -> None:
-        """Re-read the config file and apply it (from a SIGHUP handler, on the loop)."""
-        if self._reloading is not None and not self._reloading.done():
-            log.info("a reload is already running")
+        """Re-read the config file and apply it (from a SIGHUP handler, on the loop).
+
+        Requests coalesce: one reload runs at a time, and any number of requests during
+        it make exactly one more reload afterwards, which reads the file as it is then
+        (the last request wins), at most one a second. A storm of 500 SIGHUPs in 5 s is
+        six reloads, not 500.
+        """
+        if self._stopping:
             return
-        self._reloading = asyncio.create_task(self.reload(), name="reload")
+        if self._reloading is not None and not self._reloading.done():
+            if not self._reload_again:
+                log.info("a reload is running; one more will follow it")
+            self._reload_again = True
+            return
+        self._reloading = asyncio.create_task(self._reload_until_current(), name="reload")
+
+    async def _reload_until_current(self) -> None:
+        while True:
+            self._reload_again = False
+            started = time.monotonic()
+            await self.reload()
+            if not self._reload_again or self._stopping:
+                return
+            # The follow-up reload waits out the rest of a second: a storm of requests is
+            # then one reload a second at most, each reading the file as it is by then.
+            await asyncio.sleep(max(RELOAD_MIN_INTERVAL_S - (time.monotonic() - started), 0))
 
     async def reload(self) -> bool:
         """Load the config file again. An invalid one is reported and the running config
@@ -523,7 +548,11 @@ class Agent(TransportEvents):
         self.notifier.reloading()
         try:
             try:
-                loaded = load_config(self.loaded.path)
+                # Off the loop: a slow disk or a large file must not stall readings, health
+                # and the MQTT keepalive (the file is size-limited and regular, see load).
+                loaded = await asyncio.get_running_loop().run_in_executor(
+                    None, load_config, self.loaded.path
+                )
             except ConfigError as e:
                 log.error("reload refused; still running the previous config:\n%s", e)
                 self.report(
@@ -533,6 +562,18 @@ class Agent(TransportEvents):
                         "still running the previous config",
                         level="error",
                         fields={"problems": [str(p) for p in e.problems]},
+                    )
+                )
+                return False
+            except Exception as e:  # a parser bug must not end reloads for good
+                log.exception("reload refused: reading %s failed", self.loaded.path)
+                self.report(
+                    Event(
+                        "config_rejected",
+                        f"{self.loaded.path} could not be read ({type(e).__name__}: {e}); "
+                        "still running the previous config",
+                        level="error",
+                        fields={"problems": [f"{type(e).__name__}: {e}"]},
                     )
                 )
                 return False

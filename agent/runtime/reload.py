@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
+
 from agent.config.model import Config
 
 #: Settings a running agent cannot take over; a reload that changes them is refused.
@@ -17,7 +19,22 @@ RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("buffer.max_messages", lambda c: c.buffer.max_messages),
     ("buffer.max_age", lambda c: c.buffer.max_age),
     ("health.listen", lambda c: c.health.listen),
+    ("buffer.memory_max_messages", lambda c: c.buffer.memory_max_messages),
 )
+
+
+def connection_settings(config: Config) -> tuple[object, ...]:
+    """What the MQTT connection and its topics depend on, with defaults resolved: writing
+    out a default (``port: 1883``, ``client_id: edge-agent-<id>``) is not a change."""
+    mqtt = config.mqtt
+    return (
+        msgspec.structs.replace(
+            mqtt,
+            port=mqtt.effective_port,
+            client_id=mqtt.client_id or f"edge-agent-{config.device_id}",
+        ),
+        config.device_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -59,7 +76,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         sensors=old.sensors != new.sensors,
         outputs=old.outputs != new.outputs,
         inputs=old.inputs != new.inputs,
-        mqtt=old.mqtt != new.mqtt or old.device_id != new.device_id,
+        mqtt=connection_settings(old) != connection_settings(new),
         commands=old.commands != new.commands,
         homeassistant=old.homeassistant != new.homeassistant,
         log_level=old.log_level != new.log_level,

@@ -3,6 +3,7 @@ reported and the running one kept; buffered and in-flight readings are not lost.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -136,3 +137,89 @@ def test_changed_topic_prefix_reconnects_with_offline_on_the_old_base(
     # One sequence across both bases: nothing lost, nothing repeated.
     both = sorted(seqs(c, f"{old}/sensor/pi") + seqs(c, f"{new}/sensor/pi"))
     assert both == list(range(both[0], both[0] + len(both)))
+
+
+# -- reload storms and hostile files (issue 20, rows 8 and 14) -----------------------------
+
+
+def test_a_sighup_storm_is_coalesced_and_reconnects_only_on_a_real_change(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    base = f"edge/{device_id}"
+    path = tmp_path / "c.yaml"
+    write_config(path, port=broker.port, device_id=device_id, interval="100ms")
+    with Collector(broker.port, f"{base}/#") as c:
+        agent = agents(path)
+        c.topic(f"{base}/sensor/pi", count=3)
+        for n in range(300):
+            # Alternate an MQTT setting: without coalescing, every reload reconnected.
+            write_config(
+                path,
+                port=broker.port,
+                device_id=device_id,
+                interval="100ms",
+                keepalive=5 + n % 2,
+            )
+            agent.signal(signal.SIGHUP)
+            time.sleep(0.003)
+        time.sleep(3)
+        before = len(seqs(c, f"{base}/sensor/pi"))
+        c.wait_for(lambda m: m.topic == f"{base}/sensor/pi", count=before + 5)
+        reloads = [m for m in c.on(f"{base}/event") if m.json()["kind"] == "config_reloaded"]
+        onlines = [m for m in c.on(f"{base}/status") if m.payload == b"online"]
+    assert 1 <= len(reloads) <= 10, len(reloads)
+    assert len(onlines) <= len(reloads) + 1, (len(onlines), len(reloads))
+    assert "Traceback" not in agent.log()
+
+
+def test_writing_out_a_default_is_not_a_reconnect(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    base = f"edge/{device_id}"
+    path = tmp_path / "c.yaml"
+    write_config(path, port=broker.port, device_id=device_id)
+    with Collector(broker.port, f"{base}/#") as c:
+        agent = agents(path)
+        c.topic(f"{base}/status")
+        write_config(
+            path,
+            port=broker.port,
+            device_id=device_id,
+            mqtt_extra=f"  client_id: edge-agent-{device_id}\n",
+        )
+        agent.signal(signal.SIGHUP)
+        event(c, base, "config_reloaded")
+        time.sleep(0.5)
+        assert [m.payload for m in c.on(f"{base}/status")] == [b"online"]
+
+
+@pytest.mark.parametrize("hostile", ["fifo", "alias-bomb", "not-utf-8"])
+def test_a_hostile_file_on_reload_is_rejected_and_the_agent_keeps_running(
+    tmp_path: Path,
+    broker: PrivateBroker,
+    device_id: str,
+    agents: Callable[..., AgentProcess],
+    hostile: str,
+) -> None:
+    base = f"edge/{device_id}"
+    path = tmp_path / "c.yaml"
+    write_config(path, port=broker.port, device_id=device_id, interval="100ms")
+    with Collector(broker.port, f"{base}/#") as c:
+        agent = agents(path)
+        c.topic(f"{base}/sensor/pi", count=3)
+        path.unlink()
+        if hostile == "fifo":
+            os.mkfifo(path)
+        elif hostile == "alias-bomb":
+            levels = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+            levels += [f"a{n}: &a{n} [" + ",".join([f"*a{n - 1}"] * 10) + "]" for n in range(1, 9)]
+            path.write_text("\n".join(levels) + "\n")
+        else:
+            path.write_bytes(b"device_id: \xff\n")
+        agent.signal(signal.SIGHUP)
+        rejected = event(c, base, "config_rejected").json()
+        count = len(seqs(c, f"{base}/sensor/pi"))
+        c.wait_for(lambda m: m.topic == f"{base}/sensor/pi", count=count + 5, timeout=5)
+    assert rejected["problems"], rejected
+    assert agent.process is not None and agent.process.poll() is None
+    assert "Traceback" not in agent.log()
