@@ -217,11 +217,19 @@ _FIELDS = [
 _NO_PROCESSING = Processing()
 
 
+#: Extended options struct -> the Processing fields it took (a driver's own field of the
+#: same name, such as the SCD4x's ``altitude`` for its CO2 compensation, stays the driver's).
+_TAKEN: dict[type, tuple[str, ...]] = {}
+
+
 def with_processing(options: type[SensorOptions], tag: str) -> type[SensorOptions]:
-    """``options`` extended with the :class:`Processing` fields (same name and tag)."""
+    """``options`` extended with the :class:`Processing` fields (same name and tag) that
+    the driver does not define itself."""
+    own = {f.name for f in msgspec.structs.fields(options)}
+    fields = [f for f in _FIELDS if f[0] not in own]
     extended = msgspec.defstruct(
         options.__name__,
-        _FIELDS,
+        fields,
         bases=(options,),
         tag=tag,
         frozen=True,
@@ -230,14 +238,16 @@ def with_processing(options: type[SensorOptions], tag: str) -> type[SensorOption
         module=options.__module__,
     )
     assert issubclass(extended, SensorOptions)
+    _TAKEN[extended] = tuple(name for name, _, _ in fields)
     return extended
 
 
 def processing_of(options: SensorOptions) -> Processing:
     """The processing options of a sensor's config entry (none for a plain driver struct)."""
-    if not hasattr(options, "filters"):
+    taken = _TAKEN.get(type(options))
+    if taken is None:
         return _NO_PROCESSING
-    return Processing(**{name: getattr(options, name) for name, _, _ in _FIELDS})
+    return Processing(**{name: getattr(options, name) for name in taken})
 
 
 AddProblem = Callable[[tuple[str | int, ...], str], None]
