@@ -3,6 +3,11 @@
 It runs on the loop it reports on: a hung loop does not answer, which is what a health
 check should see. Only GET (and HEAD) of those two paths; anything else is 404/405. One
 request per connection, bounded reads, a timeout per request.
+
+Connections are capped (:data:`MAX_CONNECTIONS`): one beyond the cap is closed at once,
+and an idle one is closed after :data:`REQUEST_TIMEOUT_S`, so a thousand half-open
+connections cannot use up the process's file descriptors (systemd's default limit is
+1024, and the buffer and the MQTT socket need theirs).
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT_S = 5.0
+#: Connections served at once; more are closed as they come.
+MAX_CONNECTIONS = 16
+#: The listen backlog: connections the kernel holds before the agent accepts them.
+BACKLOG = 16
 
 
 @dataclass(frozen=True)
@@ -44,9 +53,15 @@ class HealthServer:
         self.host, self.port = parse_listen(listen)
         self._routes = routes
         self._server: asyncio.Server | None = None
+        #: Connections open now.
+        self.active = 0
+        #: Connections closed at once because MAX_CONNECTIONS were open.
+        self.refused = 0
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self.port, backlog=BACKLOG
+        )
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
@@ -59,6 +74,11 @@ class HealthServer:
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.active >= MAX_CONNECTIONS:
+            self.refused += 1
+            writer.transport.abort()  # no response, no wait: the descriptor goes now
+            return
+        self.active += 1
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -70,6 +90,7 @@ class HealthServer:
         except ConnectionError:
             pass
         finally:
+            self.active -= 1
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await writer.wait_closed()
