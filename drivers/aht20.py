@@ -400,4 +400,5 @@ SPEC = DriverSpec(
     quantities=QUANTITIES,
     sample=SAMPLE,
     i2c_addresses=(0x38,),
+    humidity_shares_die=True,
 )

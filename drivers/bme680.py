@@ -588,4 +588,5 @@ SPEC = DriverSpec(
     # tests check the round trip within 0.1 %.
     computed=("gas_resistance",),
     quantities_for=quantities_for,
+    humidity_shares_die=True,
 )

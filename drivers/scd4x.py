@@ -573,4 +573,5 @@ SPEC = DriverSpec(
     min_interval_s=SCD4x.min_interval_s,
     sample=SAMPLE,
     i2c_addresses=(0x62,),
+    humidity_shares_die=True,
 )

@@ -333,4 +333,5 @@ SPEC = DriverSpec(
     quantities=QUANTITIES,
     sample=SAMPLE,
     i2c_addresses=(0x44, 0x45, 0x46),
+    humidity_shares_die=True,
 )

@@ -61,3 +61,11 @@ def test_a_spec_whose_options_are_tagged_otherwise_is_refused() -> None:
     assert registry.validate_spec("gauge", object()) == (
         "expected a drivers.base.DriverSpec, got object"
     )
+
+
+def test_every_built_in_humidity_chip_says_its_humidity_shares_the_temperature_die() -> None:
+    # CONTRACT 12: a temperature correction also corrects RH on these chips (BME280, SHT,
+    # AHT, DHT, SCD4x, BME680 all measure both on one die).
+    for name, spec in registry.DRIVERS.items():
+        if registry.ORIGINS[name].builtin and {"temperature", "humidity"} <= set(spec.quantities):
+            assert spec.humidity_shares_die, f"{name} does not set humidity_shares_die"
