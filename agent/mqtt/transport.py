@@ -63,6 +63,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config.model import MQTTConfig, TLSConfig
+from agent.mqtt.takeover import Takeover, TakeoverDetector, takeover_message
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,10 @@ class TransportEvents:
 
     def message(self, message: IncomingMessage) -> None:
         """A message arrived on a subscription."""
+
+    def taken_over(self, takeover: Takeover, message: str) -> None:
+        """Another client took our session over (see :mod:`agent.mqtt.takeover`); the
+        transport waits ``takeover.backoff_s`` before it connects again."""
 
 
 def refusal_message(reason_code: ReasonCode, *, protocol: str, client_id: str) -> str:
@@ -276,6 +281,9 @@ class Transport:
         self._drop_reason: str | None = None
         self._socket_error: str | None = None
         self._closed_reason: str | None = None
+        #: Session takeovers (two agents with one client id: a cloned SD card).
+        self.takeover = TakeoverDetector(clock=time.monotonic, rng=self._rng.random)
+        self._takeover_wait: float | None = None
         self.client = self._make_client(client_id, will)
 
     # -- set-up --------------------------------------------------------------------------
@@ -367,6 +375,7 @@ class Transport:
         self._last_error = None
         self.connects += 1
         self._connected = True
+        self.takeover.connected()
         for topic, qos in self.subscriptions:
             self._subscribe(topic, qos)  # queued; written when loop_read returns
         self._pending.append((self._events.connected, (bool(flags.session_present),)))
@@ -386,7 +395,17 @@ class Transport:
         self._closed_reason = str(reason_code)
         if not was_connected:
             return
-        if self._drop_reason is not None:
+        from_server = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+        takeover = self.takeover.disconnected(
+            reason_code.value if from_server else None,
+            by_us=self._stopping or self._drop_reason is not None,
+            clean=self._socket_error is None,  # paho logs an error on a reset, not on EOF
+        )
+        if takeover is not None:
+            self._takeover_wait = takeover.backoff_s
+            reason = takeover_message(self._client_id, takeover)
+            self._pending.append((self._events.taken_over, (takeover, reason)))
+        elif self._drop_reason is not None:
             reason = self._drop_reason
         elif reason_code == ReasonCode(PacketTypes.DISCONNECT, "Keep alive timeout"):
             reason = "the broker did not answer a ping: the link is dead or blackholed"
@@ -669,10 +688,12 @@ class Transport:
                 except ssl.SSLError as e:
                     self._report(self._tls_failed(str(e)))
                 except (OSError, ValueError) as e:
+                    self.takeover.attempt_failed()
                     self._report(f"cannot connect to {s.host}:{s.effective_port}: {e}")
                 else:
                     await self._closed.wait()
                     if not self._got_connack:
+                        self.takeover.attempt_failed()
                         self._report(self._closed_before_connack())
                     attempt = 0 if self.connects and self._last_error is None else attempt
                 delay = backoff_delay(
@@ -682,6 +703,10 @@ class Transport:
                     rng=self._rng,
                 )
                 attempt += 1
+                if self._takeover_wait is not None:
+                    # Minutes, not seconds: fighting another agent for the session only
+                    # throws both off for ever (see agent.mqtt.takeover).
+                    delay, self._takeover_wait = self._takeover_wait, None
                 await asyncio.sleep(delay)
         finally:
             self._abandon()
@@ -758,6 +783,11 @@ class Transport:
     def alive(self) -> bool:
         """The transport runs (connected or reconnecting)."""
         return self._task is not None and not self._task.done()
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id this transport connects with."""
+        return self._client_id
 
     def publish(
         self,

@@ -169,6 +169,12 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
             f"storage: the buffer {storage['path']} cannot be written ({storage['reason']});"
             f" {storage['memory_depth']} of {storage['memory_max_messages']} readings in memory"
         )
+    transport = agent.transport
+    if transport is not None and transport.takeover.active:
+        reasons.append(
+            f"session taken over: another client connects as {transport.client_id} - two"
+            " agents share a device_id or client_id (a cloned SD card?); backing off"
+        )
     if not agent.sampling_running:
         reasons.append("sampling has stopped")
     if agent.transport is not None and not agent.transport.alive:
@@ -191,6 +197,7 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
             for name, state in (agent.inputs.states.items() if agent.inputs else [])
         },
         "storage": storage,
+        "session_taken_over": transport is not None and transport.takeover.active,
         "last_error": agent.last_error,
     }
     return not reasons, body

@@ -30,6 +30,7 @@ from agent.events import Event
 from agent.filters.chain import SensorChain, sensor_quantities
 from agent.homeassistant.announcer import Announcer
 from agent.mqtt.payloads import Reading, encode_json, iso_ts
+from agent.mqtt.takeover import Takeover
 from agent.mqtt.topics import Topics
 from agent.mqtt.transport import IncomingMessage, Transport, TransportEvents, Will
 from agent.observability.http import HealthServer, Response
@@ -167,6 +168,10 @@ class _Link(TransportEvents):
         if self._current():
             self._agent.message(message)
 
+    def taken_over(self, takeover: Takeover, message: str) -> None:
+        if self._current():
+            self._agent.taken_over(takeover, message)
+
 
 class Agent(TransportEvents):
     """One running agent.
@@ -208,6 +213,8 @@ class Agent(TransportEvents):
         self.seen_commands = SeenCommands(path=state_dir(self.config.state_dir) / "commands.seen")
         self._tasks: list[asyncio.Task[None]] = []
         self.disconnected_at: float | None = None
+        #: Until when the transport waits after a session takeover (unix time), if any.
+        self.takeover_until: float | None = None
         #: The last error event: {"ts", "kind", "message"}.
         self.last_error: dict[str, str] | None = None
         #: Readings per sensor, across reloads.
@@ -703,6 +710,23 @@ class Agent(TransportEvents):
     def published(self, mid: int, ok: bool) -> None:
         if self._outbox is not None:
             self._outbox.published(mid, ok)
+
+    def taken_over(self, takeover: Takeover, message: str) -> None:
+        """Another client has our client id: said once per episode, as an error event."""
+        self.takeover_until = time.time() + takeover.backoff_s
+        if takeover.first:
+            self.report(
+                Event(
+                    "session_taken_over",
+                    message,
+                    level="error",
+                    fields={
+                        "client_id": self._transport.client_id if self._transport else None,
+                        "certain": takeover.certain,
+                        "backoff_s": round(takeover.backoff_s, 1),
+                    },
+                )
+            )
 
     def message(self, message: IncomingMessage) -> None:
         if self.announcer.handle(message):
