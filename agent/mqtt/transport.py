@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import random
 import re
@@ -73,6 +75,11 @@ PING_AFTER_KEEPALIVES = 0.5
 #: Without a packet from the broker for this many keepalives, the connection is given up.
 #: (The broker, for its part, gives us up after 1.5 x keepalive of silence: MQTT 3.1.2.10.)
 DEAD_AFTER_KEEPALIVES = 1.5
+#: The largest packet the agent takes from the broker (MQTT 5: announced in CONNECT as
+#: Maximum Packet Size, so the broker never sends more; 3.1.1: a message above it is cut
+#: to the command size limit before it goes further). Commands are at most 4 KiB; a
+#: 256 MiB publish would otherwise cost a few hundred MB of RSS.
+MAX_PACKET_BYTES = 256 * 1024
 
 # CONNACK refusals (MQTT 5 reason codes; paho maps MQTT 3.1.1 return codes onto them) as
 # sentences that say what to check.
@@ -284,6 +291,8 @@ class Transport:
         #: Session takeovers (two agents with one client id: a cloned SD card).
         self.takeover = TakeoverDetector(clock=time.monotonic, rng=self._rng.random)
         self._takeover_wait: float | None = None
+        #: Messages above MAX_PACKET_BYTES cut short (MQTT 3.1.1).
+        self.oversized = 0
         self.client = self._make_client(client_id, will)
 
     # -- set-up --------------------------------------------------------------------------
@@ -429,9 +438,26 @@ class Transport:
         self._pending.append((self._events.published, (mid, ok)))
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        payload = msg.payload
+        if len(payload) > MAX_PACKET_BYTES:
+            # Only under 3.1.1 (MQTT 5 brokers honour our Maximum Packet Size): keep no
+            # more than makes it a refused command (bad_payload), and let paho's copy go.
+            self.oversized += 1
+            payload = payload[: 4096 + 1]
+            if self.oversized == 1 or self.oversized % 100 == 0:
+                log.warning(
+                    "dropped a %d-byte message on %s: over %d bytes (MQTT 3.1.1 cannot tell"
+                    " the broker our Maximum Packet Size; MQTT 5 can)",
+                    len(msg.payload),
+                    msg.topic[:200],
+                    MAX_PACKET_BYTES,
+                )
+            # paho grew its read buffer to the packet's size; once it has let go of it,
+            # give the freed heap back to the system instead of keeping it as RSS.
+            self._loop.call_soon(_trim_heap)
         message = IncomingMessage(
             topic=msg.topic,
-            payload=bytes(msg.payload),
+            payload=bytes(payload),
             qos=msg.qos,
             retain=bool(msg.retain),
             properties=getattr(msg, "properties", None),
@@ -649,6 +675,7 @@ class Transport:
         if self.v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = int(s.session_expiry)
+            props.MaximumPacketSize = MAX_PACKET_BYTES
             client.connect(
                 s.host, s.effective_port, s.keepalive, clean_start=False, properties=props
             )
@@ -861,6 +888,26 @@ class Transport:
                 await self._task
             self._task = None
         self._deliver()
+
+
+def _trim_heap() -> None:
+    """``malloc_trim(0)`` on glibc: return freed heap pages to the kernel."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _load_libc()
 
 
 def _close_socket(client: paho.Client) -> None:
