@@ -9,6 +9,7 @@ the chip does) and a test can corrupt them.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,3 +88,18 @@ class FakeW1Bus:
         if rom in self.roms:
             self.roms.remove(rom)
         self._write_slaves()
+
+
+_shared: weakref.WeakKeyDictionary[SimulatedHardware, dict[int, FakeW1Bus]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def w1_bus(hardware: SimulatedHardware, master: int = 1) -> FakeW1Bus:
+    """The one :class:`FakeW1Bus` ``master`` of ``hardware``, so that every emulator of a
+    probe on it (one per configured sensor) adds to the same bus."""
+    buses = _shared.setdefault(hardware, {})
+    bus = buses.get(master)
+    if bus is None:
+        bus = buses[master] = FakeW1Bus(hardware, master)
+    return bus
