@@ -234,11 +234,11 @@ def _check_references(config: Config, problems: Problems) -> None:
             if key == "fail_rate":
                 if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                     problems.add(where, f"must be a number from 0.0 to 1.0, got {value!r}")
-            elif key not in spec.quantities:
+            elif key not in (quantities := spec.quantities_of(sensor)):
                 problems.add(
                     where,
                     f"{spec.name} has no quantity {key!r}; it has "
-                    f"{', '.join(spec.quantities)} (and fail_rate)",
+                    f"{', '.join(quantities)} (and fail_rate)",
                 )
         check_processing(
             ("sensors", name),
