@@ -1,0 +1,53 @@
+"""Home Assistant discovery of the probe, light, analog and power drivers: the device_class
+and unit of each quantity, and a mapped ADC channel announced as what it is mapped to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config.load import parse_config
+from agent.homeassistant.discovery import components
+from agent.mqtt.topics import Topics
+
+CONFIG = """\
+device_id: gh2
+sensors:
+  tank: {driver: ds18b20, rom: 28-0316a2795bff}
+  light: {driver: bh1750}
+  pot: {driver: ads1015, address: 0x49, gain: 2}
+  soil:
+    driver: ads1115
+    map: {points: [[2.8, 0], [1.2, 100]], quantity: moisture, unit: "%", device_class: moisture}
+homeassistant: {discovery: true}
+"""
+
+
+@pytest.fixture(scope="module")
+def cmps() -> dict[str, dict[str, Any]]:
+    config = parse_config(CONFIG, file="c.yaml", base_dir=Path("."), environ={})
+    return components(config, Topics("edge/gh2"))
+
+
+@pytest.mark.parametrize(
+    ("entity", "unit", "device_class"),
+    [
+        ("tank_temperature", "°C", "temperature"),
+        ("light_illuminance", "lx", "illuminance"),
+        ("pot_voltage", "V", "voltage"),
+        ("soil_moisture", "%", "moisture"),
+    ],
+)
+def test_each_quantity_has_its_unit_and_class(
+    cmps: dict[str, dict[str, Any]], entity: str, unit: str, device_class: str
+) -> None:
+    assert cmps[entity]["unit_of_measurement"] == unit
+    assert cmps[entity]["device_class"] == device_class
+    assert cmps[entity]["state_class"] == "measurement"
+
+
+def test_a_mapped_channel_is_not_announced_as_volts(cmps: dict[str, dict[str, Any]]) -> None:
+    assert "soil_voltage" not in cmps
+    assert "value_json['values']['moisture']" in cmps["soil_moisture"]["value_template"]
