@@ -21,6 +21,7 @@ sensors:
   soil:
     driver: ads1115
     map: {points: [[2.8, 0], [1.2, 100]], quantity: moisture, unit: "%", device_class: moisture}
+  solar: {driver: ina219}
 homeassistant: {discovery: true}
 """
 
@@ -38,6 +39,10 @@ def cmps() -> dict[str, dict[str, Any]]:
         ("light_illuminance", "lx", "illuminance"),
         ("pot_voltage", "V", "voltage"),
         ("soil_moisture", "%", "moisture"),
+        ("solar_bus_voltage", "V", "voltage"),
+        ("solar_shunt_voltage", "mV", "voltage"),
+        ("solar_current", "A", "current"),
+        ("solar_power", "W", "power"),
     ],
 )
 def test_each_quantity_has_its_unit_and_class(
