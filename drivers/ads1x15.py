@@ -391,15 +391,31 @@ class ADS1015Options(_ADSOptions, frozen=True, tag="ads1015"):
 
 
 def quantities_for(options: _ADSOptions) -> Mapping[str, Quantity]:
-    """``voltage`` with the resolution of the chosen range (one code: ADS1115 FSR / 32768,
-    ADS1015 FSR / 2048), or the ``map``'s quantity."""
+    """``voltage`` with the resolution of the chosen range (one code, ADS1115 FSR / 32768
+    or ADS1015 FSR / 2048, to two digits), or the ``map``'s quantity."""
     m = options.map
     if m is None:
         _, fsr = GAINS[gain_fraction(options.gain)]
-        step = fsr / (1 << (options.chip.bits - 1))
-        return {"voltage": Quantity("V", step, VOLTAGE.description, VOLTAGE.device_class)}
+        # One code, to two digits: 125 µV -> 0.00012 V, 7.8125 µV -> 0.0000078 V.
+        step = float(f"{fsr / (1 << (options.chip.bits - 1)):.2g}")
+        # Below full scale; a single-ended input cannot go below GND.
+        lo = 0.0 if isinstance(options.channel, int) else -0.95 * fsr
+        return {
+            "voltage": Quantity(
+                "V", step, VOLTAGE.description, VOLTAGE.device_class, valid_range=(lo, 0.95 * fsr)
+            )
+        }
     description = f"mapped from {options.chip.name} volts"
-    return {m.quantity: Quantity(m.unit, m.resolution, description, m.device_class)}
+    values = [p[1] for p in m.points]
+    return {
+        m.quantity: Quantity(
+            m.unit,
+            m.resolution,
+            description,
+            m.device_class,
+            valid_range=(min(values), max(values)),
+        )
+    }
 
 
 def _open(options: _ADSOptions, hardware: Hardware) -> ADS1x15:

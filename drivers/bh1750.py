@@ -83,8 +83,9 @@ MODES: Final[Mapping[str, ModeInfo]] = {
 }
 
 QUANTITIES: Final[Mapping[str, Quantity]] = {
-    # 0.11 lx per count is the finest the chip resolves (mode 2 at MTreg 254).
-    "illuminance": Quantity("lx", 0.11, "ambient light", "illuminance"),
+    # 0.11 lx per count is the finest the chip resolves (mode 2 at MTreg 254); a configured
+    # sensor's own step is in quantities_for.
+    "illuminance": Quantity("lx", 0.11, "ambient light", "illuminance", (1.0, 54612.0)),
 }
 
 SAMPLE = """\
@@ -229,6 +230,16 @@ class BH1750Options(SensorOptions, frozen=True, tag="bh1750"):
             )
 
 
+def quantities_for(options: BH1750Options) -> Mapping[str, Quantity]:
+    """``illuminance`` with the step of one count in this mode and MTreg (0.83 lx in mode
+    ``high`` at 69; whole lux once a count is worth more than one), and its range."""
+    step = lux(1, mode=options.mode, mtreg=options.mtreg)
+    resolution = float(f"{step:.2g}") if step < 1 else 1.0
+    q = QUANTITIES["illuminance"]
+    top = lux(SATURATED - 1, mode=options.mode, mtreg=options.mtreg)
+    return {"illuminance": Quantity(q.unit, resolution, q.description, q.device_class, (1.0, top))}
+
+
 def open_bh1750(options: BH1750Options, hardware: Hardware) -> BH1750:
     """A :class:`BH1750` on ``hardware``'s bus ``options.bus``."""
     return BH1750(
@@ -348,6 +359,7 @@ SPEC = DriverSpec(
     open=open_bh1750,
     emulate=emulate_bh1750,
     quantities=QUANTITIES,
+    quantities_for=quantities_for,
     sample=SAMPLE,
     i2c_addresses=(0x23, 0x5C),
 )

@@ -100,7 +100,7 @@ RESOLUTIONS: Final[Mapping[int, ResolutionMode]] = {
 }
 
 QUANTITIES: Final[Mapping[str, Quantity]] = {
-    "temperature": Quantity("°C", 0.0625, "probe temperature", "temperature"),
+    "temperature": Quantity("°C", 0.0625, "probe temperature", "temperature", RANGE_C),
 }
 
 _ROM_PATTERN = r"^28-[0-9a-f]{12}$"

@@ -285,14 +285,34 @@ class INA219Options(SensorOptions, frozen=True, tag="ina219"):
 
 
 def quantities_for(options: INA219Options) -> Mapping[str, Quantity]:
-    """The four quantities, current and power at the calibrated resolution."""
+    """The four quantities; current at what the current register really resolves, power at
+    20 × Current_LSB, each to two digits."""
     lsb = options.current_lsb or current_lsb_for(options.max_current)
+    # What the current register resolves is coarser than Current_LSB: the shunt's own
+    # 10 µV step, and the calibration truncated to an integer (a relative error up to
+    # 1/Cal at full scale), add to it.
+    exact_cal = 0.04096 / (lsb * options.shunt_ohms)
+    cal_error = (exact_cal - calibration(lsb, options.shunt_ohms)) / exact_cal
+    current_step = lsb + SHUNT_LSB_V / options.shunt_ohms + cal_error * options.max_current
+    # Published to the decimals one LSB needs: 97.66 µA -> 0.00001 A, not 1.24990234375.
+    bus_max = float(options.max_bus_voltage)
+    amps = options.max_current
     return {
-        "bus_voltage": Quantity("V", BUS_LSB_V, "bus voltage, load side", "voltage"),
+        "bus_voltage": Quantity(
+            "V", BUS_LSB_V, "bus voltage, load side", "voltage", (0.0, bus_max)
+        ),
         "shunt_voltage": Quantity("mV", 0.01, "drop across the shunt", "voltage"),
-        "current": Quantity("A", lsb, "current through the shunt", "current"),
-        "power": Quantity("W", 20 * lsb, "power into the load", "power"),
+        "current": Quantity(
+            "A", _two_digits(current_step), "current through the shunt", "current", (-amps, amps)
+        ),
+        "power": Quantity("W", _two_digits(20 * lsb), "power into the load", "power"),
     }
+
+
+def _two_digits(step: float) -> float:
+    """``step`` to two significant digits: published values keep what the chip resolves
+    without printing its binary fractions (97.65625 µA -> 0.000098)."""
+    return float(f"{step:.2g}")
 
 
 def open_ina219(options: INA219Options, hardware: Hardware) -> INA219:
@@ -435,6 +455,7 @@ SPEC = DriverSpec(
     emulate=emulate_ina219,
     quantities=quantities_for(INA219Options()),
     quantities_for=quantities_for,
+    computed=("shunt_voltage", "power"),
     sample=SAMPLE,
     i2c_addresses=tuple(range(0x40, 0x50)),
 )

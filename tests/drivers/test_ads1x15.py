@@ -280,7 +280,7 @@ def test_a_mapped_sensor_reports_its_quantity_not_volts() -> None:
 
 def test_quantities_depend_on_the_options() -> None:
     plain = msgspec.convert({"driver": "ads1115", "gain": 16}, ADS1115Options)
-    assert SPEC.quantities_of(plain)["voltage"].resolution == pytest.approx(0.256 / 32768)
+    assert SPEC.quantities_of(plain)["voltage"].resolution == pytest.approx(7.8e-6)
     coarse = msgspec.convert({"driver": "ads1015", "gain": 0.6667}, ADS1015Options)
     assert ADS1015_SPEC.quantities_of(coarse)["voltage"].resolution == pytest.approx(0.003)
     mapped = msgspec.convert(

@@ -194,7 +194,9 @@ def test_options() -> None:
 def test_quantities_follow_the_calibration() -> None:
     o = msgspec.convert({"driver": "ina219", "current_lsb": 0.0001}, INA219Options)
     q = SPEC.quantities_of(o)
-    assert q["current"].resolution == 0.0001 and q["power"].resolution == pytest.approx(0.002)
+    # 0.1 mA LSB + 10 µV / 0.1 Ω + the truncated calibration's error (4096 of 4096 exact).
+    assert q["current"].resolution == pytest.approx(0.0002)
+    assert q["power"].resolution == pytest.approx(0.002)  # 20 x 0.1 mA
     assert {n: x.device_class for n, x in q.items()} == {
         "bus_voltage": "voltage",
         "shunt_voltage": "voltage",
