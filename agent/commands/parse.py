@@ -51,7 +51,7 @@ PLAIN_ACTIONS: dict[str, Action] = {
     "true": "on",
     "false": "off",
 }
-JSON_KEYS = frozenset({"state", "duration", "id", "ts"})
+JSON_KEYS = frozenset({"state", "duration", "id", "ts", "level"})
 #: A signed command also has a nonce (CONTRACT 13), and must have it and its ts.
 SIGNED_KEYS = JSON_KEYS | {"nonce"}
 NONCE = re.compile(r"[\x21-\x7e]{8,64}")
@@ -69,6 +69,9 @@ class Command:
     ts: float | None = None
     #: A signed command's nonce.
     nonce: str | None = None
+    #: The level (0..100 %) for a dimmable output, ``{"state": "on", "level": 40}`` or
+    #: ``40%``; None: the output's own "on" level.
+    level: float | None = None
 
 
 class CommandRefused(Exception):
@@ -126,6 +129,8 @@ def parse_command(
     if signed and body is None:
         raise CommandRefused("bad_payload", "a signed command is a JSON object")
     if body is None:
+        if text.endswith("%"):
+            return Command("on", level=_percent(text[:-1].strip(), text))
         action = PLAIN_ACTIONS.get(text.lower())
         if action is None:
             raise CommandRefused(
@@ -242,7 +247,11 @@ def _from_json(
 
     unknown = sorted(set(body) - (SIGNED_KEYS if signed else JSON_KEYS))
     if unknown:
-        has = "state, duration, id, ts and nonce" if signed else "state, duration, id and ts"
+        has = (
+            "state, level, duration, id, ts and nonce"
+            if signed
+            else "state, level, duration, id and ts"
+        )
         raise refuse(f"unknown key {unknown[0]!r}; a command has {has}")
     nonce = body.get("nonce")
     if signed:
@@ -258,6 +267,13 @@ def _from_json(
     action = PLAIN_ACTIONS[state.strip().lower()]
     if action == "toggle" and command_id is None:
         raise refuse(_TOGGLE_NEEDS_ID)
+    level = body.get("level")
+    if level is not None:
+        if isinstance(level, bool) or not isinstance(level, int | float) or not 0 <= level <= 100:
+            raise refuse('"level" must be a number from 0 to 100 (%)')
+        if action == "off":
+            raise refuse('"level" goes with "on" or "toggle"; "off" is level 0')
+        level = float(level)
     duration = body.get("duration")
     if duration is not None:
         if (
@@ -292,8 +308,24 @@ def _from_json(
                 command_id,
             )
     return Command(
-        action, duration=duration, id=command_id, ts=sent, nonce=nonce if signed else None
+        action,
+        duration=duration,
+        id=command_id,
+        ts=sent,
+        nonce=nonce if signed else None,
+        level=level,
     )
+
+
+def _percent(number: str, text: str) -> float:
+    """The level in a plain ``40%`` payload."""
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 100:  # also refuses nan and inf
+        raise CommandRefused("bad_payload", f"{_preview(text)} is not a level from 0% to 100%")
+    return value
 
 
 def _preview(text: str, limit: int = 40) -> str:
