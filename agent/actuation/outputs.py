@@ -32,6 +32,7 @@ from agent.mqtt.payloads import encode_json, iso_ts
 from drivers.base import Output, OutputOptions
 from drivers.errors import DriverError
 from drivers.hardware import Hardware
+from drivers.pwm import LevelOutput, PWMOptions
 from drivers.registry import guarded_open, spec_of
 
 log = logging.getLogger(__name__)
@@ -51,16 +52,19 @@ class OutputState:
     ts: float
     #: When it will switch back by itself (a pulse's end or ``max_on``), if it will.
     until: float | None = None
+    #: A dimmable output's level, 0..100 %; None for on/off outputs.
+    level: float | None = None
 
     def encode(self) -> bytes:
-        return encode_json(
-            {
-                "state": "on" if self.on else "off",
-                "ts": iso_ts(self.ts),
-                "reason": self.reason,
-                "until": iso_ts(self.until) if self.until is not None else None,
-            }
-        )
+        body: dict[str, object] = {
+            "state": "on" if self.on else "off",
+            "ts": iso_ts(self.ts),
+            "reason": self.reason,
+            "until": iso_ts(self.until) if self.until is not None else None,
+        }
+        if self.level is not None:
+            body["level"] = self.level
+        return encode_json(body)
 
 
 @dataclass
@@ -75,6 +79,8 @@ class _Output:
     failsafe: asyncio.TimerHandle | None = None
     #: loop.time() at which a pending pulse ends, if one is pending.
     pulse_end: float | None = None
+    #: A dimmable output's last level above 0: what a plain "on" brings back.
+    last_level: float | None = None
 
 
 class OutputController:
@@ -143,7 +149,7 @@ class OutputController:
             target = (
                 out.state.on if out.options.initial == "restore" else out.options.initial == "on"
             )
-            if target == out.state.on:
+            if target == out.state.on and not self._level_differs(out, target, "shutdown"):
                 out.state = replace(out.state, reason="shutdown", until=None)
             elif self._try_switch(out, target, "shutdown"):
                 continue
@@ -171,6 +177,7 @@ class OutputController:
             assert isinstance(driver, Output)
             out.driver = driver
             on = driver.is_on
+            level = _percent(driver.level) if isinstance(driver, LevelOutput) else None
         except DriverError as e:
             self._event(
                 out,
@@ -179,7 +186,8 @@ class OutputController:
                 "error",
             )
             return
-        out.state = OutputState(on, "restore" if restore else "boot", self._clock())
+        out.state = OutputState(on, "restore" if restore else "boot", self._clock(), level=level)
+        out.last_level = level if level else None
         out.changed_at = self._loop.time()
         self._schedule_revert(out, None)
         log.info("output %s %s at start (%s)", out.name, _word(on), out.state.reason)
@@ -276,6 +284,17 @@ class OutputController:
                 "hardware_error", f"output {name} could not be opened; see the log", command.id
             )
         on = not out.state.on if command.action == "toggle" else command.action == "on"
+        level: float | None = None
+        if command.level is not None:
+            if not isinstance(out.options, PWMOptions):
+                raise CommandRefused(
+                    "bad_payload",
+                    f"{name} is not dimmable: it takes on, off and toggle, not a level",
+                    command.id,
+                )
+            if on:
+                level = out.options.clamp(command.level)
+                on = level > 0
         if on != out.state.on:
             wait = self._switch_wait(out)
             if wait > 0:
@@ -288,44 +307,99 @@ class OutputController:
             if on:
                 self._clear_partners(out, command)
         try:
-            self._switch(out, on, "command", hold=command.duration)
+            self._switch(out, on, "command", hold=command.duration, level=level)
         except DriverError as e:
             raise CommandRefused("hardware_error", f"{name}: {e}", command.id) from e
         assert out.state is not None
         return out.state
 
     # -- the one place a pin is driven ----------------------------------------------------
-    def _switch(self, out: _Output, on: bool, reason: Reason, *, hold: float | None = None) -> None:
-        """Drive ``out`` to ``on``, read it back, re-arm its timers, save and publish.
+    def _switch(
+        self,
+        out: _Output,
+        on: bool,
+        reason: Reason,
+        *,
+        hold: float | None = None,
+        level: float | None = None,
+    ) -> None:
+        """Drive ``out`` to ``on`` (a dimmable output: to ``level``, or the level ``on``
+        means for ``reason``), read it back, re-arm its timers, save and publish.
 
         Raises:
             DriverError: the pin could not be driven or did not read back as asked; the
                 output's state is then what the pin reads.
         """
         assert out.driver is not None and out.state is not None
+        target = self._target_level(out, on, reason, level)
         changed = on != out.state.on
-        if changed:
+        level_changed = target is not None and target != out.state.level
+        if changed or level_changed:
             try:
-                out.driver.set(on)
+                if isinstance(out.driver, LevelOutput) and target is not None:
+                    out.driver.set_level(target / 100)
+                    actual_level: float | None = _percent(out.driver.level)
+                else:
+                    out.driver.set(on)
+                    actual_level = None
                 actual = out.driver.is_on
             except DriverError as e:
                 self._hardware_error(out, e)
                 raise
-            if actual != on:
-                error = DriverError(f"{out.name} reads back {_word(actual)} after set {_word(on)}")
+            if actual != on or (target is not None and actual_level != target):
+                shown = f"{actual_level:g} %" if actual_level is not None else _word(actual)
+                asked = f"{target:g} %" if target is not None else _word(on)
+                error = DriverError(f"{out.name} reads back {shown} after set {asked}")
                 self._hardware_error(out, error)
                 raise error
-            out.changed_at = self._loop.time()
-            log.info("output %s %s (%s)", out.name, _word(on), reason, extra={"OUTPUT": out.name})
-        if changed:
-            out.state = OutputState(on, reason, self._clock())
+            if changed:
+                out.changed_at = self._loop.time()
+            log.info(
+                "output %s %s (%s)",
+                out.name,
+                f"{_word(on)} at {target:g} %" if target is not None else _word(on),
+                reason,
+                extra={"OUTPUT": out.name},
+            )
+        if target:
+            out.last_level = target
+        if changed or level_changed:
+            out.state = OutputState(on, reason, self._clock(), level=target)
         elif reason == "command":
             out.state = replace(out.state, reason="command")
         self._schedule_revert(out, hold)
         if changed:
             self._save()
-        if changed or reason == "command":
+        if changed or level_changed or reason == "command":
             self._publish(out.name, out.state)
+
+    def _target_level(
+        self, out: _Output, on: bool, reason: Reason, level: float | None
+    ) -> float | None:
+        """The level a dimmable output goes to; None for an on/off output.
+
+        Off is 0. On is ``level`` when a command gave one; the ``failsafe_level`` for a
+        failsafe; ``initial_level`` at shutdown; otherwise the last level it was on at
+        (a plain "on", a pulse's end), or ``initial_level`` if it has not been on yet.
+        """
+        options = out.options
+        if not isinstance(options, PWMOptions):
+            return None
+        if not on:
+            return 0.0
+        if level is not None:
+            return level
+        if reason == "failsafe":
+            return options.failsafe_on_level
+        if reason == "shutdown" or out.last_level is None:
+            return options.on_level
+        return out.last_level
+
+    def _level_differs(self, out: _Output, on: bool, reason: Reason) -> bool:
+        """Whether a dimmable output that is already ``on`` is at another level than
+        ``reason`` asks for."""
+        target = self._target_level(out, on, reason, None)
+        return target is not None and out.state is not None and target != out.state.level
 
     def _try_switch(self, out: _Output, on: bool, reason: Reason) -> bool:
         """:meth:`_switch` for changes nobody waits on (timers, failsafe, shutdown)."""
@@ -461,7 +535,9 @@ class OutputController:
     def _apply_failsafe(self, out: _Output) -> None:
         out.failsafe = None
         target = out.options.failsafe == "on"
-        if out.state is None or out.state.on == target:
+        if out.state is None or (
+            out.state.on == target and not self._level_differs(out, target, "failsafe")
+        ):
             return
         if target and not self._partners_off(out):
             return
@@ -523,3 +599,8 @@ def _same_hardware(old: OutputOptions, new: OutputOptions) -> bool:
 
 def _word(on: bool) -> str:
     return "on" if on else "off"
+
+
+def _percent(level: float) -> float:
+    """A driver's 0..1 level as the published percentage (two decimals)."""
+    return round(level * 100, 2)

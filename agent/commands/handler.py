@@ -345,7 +345,7 @@ class CommandHandler:
 
     def _carry_out(self, name: str, command: Command, now: float) -> dict[str, Any]:
         state = self._outputs.command(name, command)
-        return {
+        body: dict[str, Any] = {
             "id": command.id,
             "output": name,
             "ok": True,
@@ -353,6 +353,9 @@ class CommandHandler:
             "until": iso_ts(state.until) if state.until is not None else None,
             "ts": iso_ts(now),
         }
+        if state.level is not None:
+            body["level"] = state.level
+        return body
 
     def _state_body(self, name: str, command: Command) -> dict[str, Any]:
         """A reply for a redelivery whose first reply this process never had (it was
