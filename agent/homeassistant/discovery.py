@@ -11,7 +11,8 @@ Entities, with the ids they keep across restarts (``unique_id`` =
   entity's state as it is (see :func:`sensor_value_template`); the ``system`` driver's
   are diagnostic;
 - a ``switch`` per output (``output_<name>``), commanded on its set topic, its state read
-  from the retained state JSON;
+  from the retained state JSON; a PWM output is a ``light`` with brightness (or a ``fan``
+  with a percentage, ``ha_component: fan``) whose 0..100 is its level;
 - a ``binary_sensor`` per input (``input_<name>``), with the input's ``device_class``;
 - diagnostic sensors from ``<base>/health``: buffer depth (``buffer_depth``), oldest
   buffered reading (``buffer_oldest_age``) and the last error (``last_error``).
@@ -39,6 +40,7 @@ from agent.config.model import Config
 from agent.filters.chain import reading_gap_s, sensor_quantities
 from agent.mqtt.payloads import resolution_decimals
 from agent.mqtt.topics import Topics
+from drivers.pwm import PWMOptions
 from drivers.registry import spec_of
 
 #: Our units where Home Assistant expects another spelling for the same unit.
@@ -49,6 +51,44 @@ DIAGNOSTIC_DRIVERS = frozenset({"system"})
 
 def node_id(device_id: str) -> str:
     return f"edge_agent_{device_id}"
+
+
+def _dimmable(name: str, output: PWMOptions, device_id: str, topics: Topics) -> dict[str, Any]:
+    """A PWM output: a ``light`` with brightness 0..100 (its level), or a ``fan`` with a
+    percentage. Levels go to the output's own set topic as ``{"state": "on", "level": N}``;
+    both read state and level back from its retained state."""
+    level_command = '{"state": "on", "level": {{ value }}}'
+    entity: dict[str, Any] = {
+        "p": output.ha_component,
+        "name": name,
+        "unique_id": f"{device_id}_output_{name}",
+        "command_topic": topics.output_set(name),
+        "payload_on": "on",
+        "payload_off": "off",
+        "state_topic": topics.output_state(name),
+        "state_value_template": "{{ value_json.state }}",
+        "optimistic": False,
+        "retain": False,
+    }
+    if output.ha_component == "light":
+        entity |= {
+            "brightness_command_topic": topics.output_set(name),
+            "brightness_command_template": level_command,
+            "brightness_state_topic": topics.output_state(name),
+            "brightness_value_template": "{{ value_json.level | round(0) | int }}",
+            "brightness_scale": 100,
+            "on_command_type": "brightness",
+        }
+    else:
+        entity |= {
+            "percentage_command_topic": topics.output_set(name),
+            "percentage_command_template": level_command,
+            "percentage_state_topic": topics.output_state(name),
+            "percentage_value_template": "{{ value_json.level | round(0) | int }}",
+            "speed_range_min": 1,
+            "speed_range_max": 100,
+        }
+    return entity
 
 
 def discovery_topic(prefix: str, device_id: str) -> str:
@@ -124,7 +164,10 @@ def components(config: Config, topics: Topics) -> dict[str, dict[str, Any]]:
             if spec.name in DIAGNOSTIC_DRIVERS:
                 entity["entity_category"] = "diagnostic"
             out[cid] = entity
-    for name in config.outputs:
+    for name, output in config.outputs.items():
+        if isinstance(output, PWMOptions):
+            out[f"output_{name}"] = _dimmable(name, output, device_id, topics)
+            continue
         out[f"output_{name}"] = {
             "p": "switch",
             "name": name,
