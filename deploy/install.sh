@@ -141,18 +141,30 @@ has_candidate() {
     [[ $policy == *"Candidate: "[0-9]* ]]
 }
 missing=()
-# python3-cryptography: Ed25519-signed commands (the venv sees it: --system-site-packages)
-for pkg in python3 python3-venv procps python3-cryptography; do
+for pkg in python3 python3-venv procps; do
     installed "$pkg" || missing+=("$pkg")
 done
-if [ "$USE_APT" = 1 ] && ! installed python3-lgpio && has_candidate python3-lgpio; then
-    missing+=(python3-lgpio) # Raspberry Pi OS only; Debian does not package it
+# Optional, seen by the venv through --system-site-packages: python3-cryptography for
+# Ed25519-signed commands (HMAC needs nothing), python3-lgpio for real pins (Raspberry Pi
+# OS only; Debian does not package it). An offline machine installs without them.
+optional=()
+installed python3-cryptography || optional+=(python3-cryptography)
+if ! installed python3-lgpio && has_candidate python3-lgpio; then
+    optional+=(python3-lgpio)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     [ "$USE_APT" = 1 ] || die "missing Debian packages: ${missing[*]} (and --no-apt)"
     say "installing Debian packages: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if [ "$USE_APT" = 1 ] && [ ${#optional[@]} -gt 0 ]; then
+    say "installing optional Debian packages: ${optional[*]}"
+    [ ${#missing[@]} -gt 0 ] || apt-get update -qq || true
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${optional[@]}"; then
+        say "warning: could not install ${optional[*]}: Ed25519 keys need python3-cryptography, real GPIO pins python3-lgpio; install them later with apt-get"
+    fi
 fi
 
 # -- 2. groups, udev rules and the service user --------------------------------------------
