@@ -788,9 +788,14 @@ class Transport:
         # "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required
         # (_ssl.c:2580)" -> "tlsv13 alert certificate required"
         found = re.search(r"\[SSL: \w+\] ([^(]+)", detail)
+        prefix = f"TLS: the broker at {s.host}:{s.effective_port} ended the connection"
+        if found is None and self._last_error is not None and self._last_error.startswith(prefix):
+            # TLS 1.3 sends its alert after the handshake; a retry may see only the reset
+            # that follows it. That is the same failure: keep the sharper diagnosis.
+            return self._last_error
         reason = found.group(1).strip() if found else detail
         return (
-            f"TLS: the broker at {s.host}:{s.effective_port} ended the connection during or"
+            f"{prefix} during or"
             f" just after the handshake ({reason}){self._client_certificate_hint(detail)};"
             " not connecting without TLS"
         )
