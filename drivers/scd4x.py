@@ -24,7 +24,6 @@ CO₂ in ppm as sent, ``T = -45 + 175 * word / 65535`` °C, ``RH = 100 * word / 
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, ClassVar, Final, Literal
@@ -42,7 +41,8 @@ from drivers.errors import (
 from drivers.hardware import Hardware, SimulatedHardware, bus_lock
 from drivers.protocols.crc import sensirion_encode, sensirion_words
 from drivers.protocols.i2c import Commands, I2CMessageBus
-from drivers.sim.fake_smbus import CommandChip, nack
+from drivers.sim.fake_smbus import nack
+from drivers.sim.sensirion import SensirionChip
 from drivers.sim.signal import SimulatedSignal, simulated_signals
 
 Model = Literal["scd40", "scd41"]
@@ -379,7 +379,7 @@ def open_scd4x(options: SCD4xOptions, hardware: Hardware) -> SCD4x:
 # Emulation.
 
 
-class EmulatedSCD4x(CommandChip):
+class EmulatedSCD4x(SensirionChip):
     """A command-level SCD40/SCD41 for :class:`~drivers.sim.fake_smbus.FakeSMBus`.
 
     It has the chip's modes and rules: idle, periodic (a new measurement every
@@ -390,8 +390,8 @@ class EmulatedSCD4x(CommandChip):
     the altitude, pressure, ASC and offset it was sent (checking each argument's CRC: a bad
     one sets nothing and is NACKed), and turns the signals' values into raw words.
 
-    Faults: :attr:`corrupt_next` flips a bit of the next answer's first CRC; ``fail_rate``
-    NACKs or corrupts that share of ``read_measurement``\\ s.
+    Faults: see :class:`~drivers.sim.sensirion.SensirionChip` (``fail_rate`` applies to
+    ``read_measurement``).
 
     Args:
         period_s: the periodic update interval; 5 s like the chip, less to make a
@@ -413,14 +413,13 @@ class EmulatedSCD4x(CommandChip):
         fail_rate: float = 0.0,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(clock=clock, fail_rate=fail_rate, rng=rng)
         self.model = model
         self.co2 = co2 or SimulatedSignal(600.0)
         self.temperature = temperature or SimulatedSignal(21.0)
         self.humidity = humidity or SimulatedSignal(45.0)
         self.serial_number = serial_number
         self.period_s = period_s
-        self.fail_rate = fail_rate
-        self.corrupt_next = 0
         self.commands: list[int] = []
         #: Settings in the chip's RAM.
         self.altitude = 0
@@ -428,24 +427,18 @@ class EmulatedSCD4x(CommandChip):
         self.asc = True
         self.offset = offset_word(4.0)
         self.state: Literal["idle", "periodic", "low_power"] = "idle"
-        self._clock = clock
-        self._rng = rng or random.Random()
-        self._busy_until = 0.0
         self._mode_started = 0.0
         self._measured = 0  # measurements taken since the mode started
         self._buffer: bytes | None = None
-        self._output = b""
-        self._is_measurement = False
-        self._lock = threading.Lock()
         if starts_measuring:
             self._start("periodic")
 
-    # -- CommandChip ------------------------------------------------------------------------
+    # -- SensirionChip -----------------------------------------------------------------------
 
     def command(self, data: bytes) -> None:
-        with self._lock:
+        with self.lock:
             now = self._clock()
-            if now < self._busy_until or len(data) < 2:
+            if self.busy() or len(data) < 2:
                 raise nack()
             self._update(now)
             code = int.from_bytes(data[:2], "big")
@@ -457,58 +450,44 @@ class EmulatedSCD4x(CommandChip):
                 words = sensirion_words(args, "scd4x") if args else []
             except ChecksumError:
                 raise nack() from None
-            self._output, self._is_measurement = b"", False
+            self.clear()
             self._execute(code, words, now)
-
-    def answer(self, length: int) -> bytes:
-        with self._lock:
-            if self._clock() < self._busy_until or not self._output:
-                raise nack()
-            out = bytearray(self._output[:length])
-            measurement, self._output = self._is_measurement, b""
-            if measurement and self.fail_rate and self._rng.random() < self.fail_rate:
-                if self._rng.random() < 0.5:
-                    raise nack()
-                self.corrupt_next += 1
-            if self.corrupt_next and len(out) >= 3:
-                self.corrupt_next -= 1
-                out[2] ^= 0x01
-            return bytes(out)
 
     # -- behaviour --------------------------------------------------------------------------
 
     def _execute(self, code: int, words: list[int], now: float) -> None:
         if code == STOP_PERIODIC:
             self.state = "idle"
-            self._busy_until = now + STOP_S
+            self.busy_for(STOP_S)
         elif code in (START_PERIODIC, START_LOW_POWER):
             self._start("periodic" if code == START_PERIODIC else "low_power")
         elif code == READ_MEASUREMENT:
             if self._buffer is None:
                 return  # nothing to send: the read header is NACKed
-            self._output, self._buffer, self._is_measurement = self._buffer, None, True
+            self.send_encoded(self._buffer, measurement=True)
+            self._buffer = None
         elif code == GET_DATA_READY:
-            self._output = sensirion_encode(0x8006 if self._buffer is not None else 0x8000)
+            self.send(0x8006 if self._buffer is not None else 0x8000)
         elif code == GET_SERIAL:
             s = self.serial_number
-            self._output = sensirion_encode(s >> 32, s >> 16 & 0xFFFF, s & 0xFFFF)
+            self.send(s >> 32, s >> 16 & 0xFFFF, s & 0xFFFF)
         elif code == SET_ALTITUDE and words:
             self.altitude = words[0]
         elif code == GET_ALTITUDE:
-            self._output = sensirion_encode(self.altitude)
+            self.send(self.altitude)
         elif code == SET_AMBIENT_PRESSURE and words:
             self.ambient_pressure = words[0]
         elif code == SET_ASC and words:
             self.asc = bool(words[0])
         elif code == GET_ASC:
-            self._output = sensirion_encode(int(self.asc))
+            self.send(int(self.asc))
         elif code == SET_TEMPERATURE_OFFSET and words:
             self.offset = words[0]
         elif code == GET_TEMPERATURE_OFFSET:
-            self._output = sensirion_encode(self.offset)
+            self.send(self.offset)
         elif code == MEASURE_SINGLE_SHOT and self.model == "scd41":
             self._buffer = self._measurement()
-            self._busy_until = now + SINGLE_SHOT_S * self.period_s / UPDATE_S["periodic"]
+            self.busy_for(SINGLE_SHOT_S * self.period_s / UPDATE_S["periodic"])
         else:
             raise nack()  # unknown here (or single shot on an SCD40)
 

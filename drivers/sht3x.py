@@ -21,7 +21,6 @@ decimals each).
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,9 +31,10 @@ import msgspec
 from drivers.base import DriverSpec, Quantity, Sensor, SensorOptions
 from drivers.errors import BusError, HardwareConfigError, WrongDevice
 from drivers.hardware import Hardware, SimulatedHardware, bus_lock
-from drivers.protocols.crc import sensirion_encode, sensirion_words
+from drivers.protocols.crc import sensirion_words
 from drivers.protocols.i2c import Commands, I2CMessageBus
-from drivers.sim.fake_smbus import CommandChip, nack
+from drivers.sim.fake_smbus import nack
+from drivers.sim.sensirion import SensirionChip
 from drivers.sim.signal import SimulatedSignal, simulated_signals
 
 Repeatability = Literal["high", "medium", "low"]
@@ -305,7 +305,7 @@ def open_sht3x(options: SHT3xOptions, hardware: Hardware) -> SHT3x:
 # Emulation.
 
 
-class EmulatedSHT3x(CommandChip):
+class EmulatedSHT3x(SensirionChip):
     """A command-level SHT3x for :class:`~drivers.sim.fake_smbus.FakeSMBus`.
 
     It knows the single-shot, reset, status, heater and serial commands; NACKs its read
@@ -314,18 +314,15 @@ class EmulatedSHT3x(CommandChip):
     status bit on a command it does not know; and turns the signals' values into the raw
     words the real conversion gives back.
 
-    Faults a test (or ``simulation.fail_rate``) can ask for: :attr:`corrupt_next` flips a
-    bit of the next answer's first CRC, and ``fail_rate`` NACKs or corrupts that share of
-    measurement reads.
+    Faults a test (or ``simulation.fail_rate``) can ask for: see
+    :class:`~drivers.sim.sensirion.SensirionChip`.
 
     Args:
         temperature, humidity: the physical values (°C, %RH) to measure.
         serial_number: the 32-bit serial number.
         measuring_s: how long a conversion takes; by default the datasheet's typical time
             for the repeatability asked for (``math.inf``: a chip that never finishes).
-        clock: monotonic seconds, injectable so tests can step time.
-        fail_rate: share of measurement reads that fail (half NACK, half CRC error).
-        rng: where failures come from.
+        clock, fail_rate, rng: as for :class:`~drivers.sim.sensirion.SensirionChip`.
     """
 
     def __init__(
@@ -339,47 +336,38 @@ class EmulatedSHT3x(CommandChip):
         fail_rate: float = 0.0,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(clock=clock, fail_rate=fail_rate, rng=rng)
         self.temperature = temperature or SimulatedSignal(21.0)
         self.humidity = humidity or SimulatedSignal(50.0)
         self.serial_number = serial_number
         self.measuring_s = measuring_s
         self.status = STATUS_ALERT_PENDING | STATUS_RESET_DETECTED
-        self.fail_rate = fail_rate
-        #: Answers whose first CRC is corrupted from now on.
-        self.corrupt_next = 0
         #: Every command received, in order.
         self.commands: list[bytes] = []
-        self._clock = clock
-        self._rng = rng or random.Random()
-        self._output = b""
-        self._ready_at = 0.0
-        self._is_measurement = False
-        self._lock = threading.Lock()
 
     def command(self, data: bytes) -> None:
-        with self._lock:
+        with self.lock:
             self.commands.append(data)
-            if self._clock() < self._ready_at:
+            if self.busy():
                 raise nack()  # busy measuring: the chip does not acknowledge its address
-            self._output = b""
-            self._is_measurement = False
+            self.clear()
             self.status &= ~(STATUS_COMMAND_FAILED | STATUS_WRITE_CRC_FAILED)
             if data in MEASURE.values():
                 repeatability = next(r for r, c in MEASURE.items() if c == data)
                 duration = self.measuring_s
                 if duration is None:
                     duration = TIMING[repeatability].typical_s
-                self._ready_at = self._clock() + duration
-                self._output = sensirion_encode(
+                self.busy_for(duration)
+                self.send(
                     raw_from_temperature(self.temperature.next()),
                     raw_from_humidity(self.humidity.next()),
+                    measurement=True,
                 )
-                self._is_measurement = True
             elif data == SOFT_RESET:
                 self.status = STATUS_ALERT_PENDING | STATUS_RESET_DETECTED
-                self._ready_at = self._clock() + SOFT_RESET_S / 2
+                self.busy_for(SOFT_RESET_S / 2)
             elif data == READ_STATUS:
-                self._output = sensirion_encode(self.status)
+                self.send(self.status)
             elif data == CLEAR_STATUS:
                 self.status &= ~(STATUS_ALERT_PENDING | STATUS_RESET_DETECTED | 0x0C00)
             elif data == HEATER_ON:
@@ -387,26 +375,9 @@ class EmulatedSHT3x(CommandChip):
             elif data == HEATER_OFF:
                 self.status &= ~STATUS_HEATER_ON
             elif data == READ_SERIAL:
-                self._output = sensirion_encode(
-                    self.serial_number >> 16, self.serial_number & 0xFFFF
-                )
+                self.send(self.serial_number >> 16, self.serial_number & 0xFFFF)
             else:
                 self.status |= STATUS_COMMAND_FAILED
-
-    def answer(self, length: int) -> bytes:
-        with self._lock:
-            if self._clock() < self._ready_at or not self._output:
-                raise nack()
-            out = bytearray(self._output[:length])
-            measurement, self._output = self._is_measurement, b""
-            if measurement and self.fail_rate and self._rng.random() < self.fail_rate:
-                if self._rng.random() < 0.5:
-                    raise nack()
-                self.corrupt_next += 1
-            if self.corrupt_next and len(out) >= 3:
-                self.corrupt_next -= 1
-                out[2] ^= 0x01
-            return bytes(out)
 
 
 #: Defaults of ``simulation`` for quantities the config leaves out.

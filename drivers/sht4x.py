@@ -18,7 +18,6 @@ resolution, 0.01 °C and 0.01 %RH.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,9 +28,10 @@ import msgspec
 from drivers.base import DriverSpec, Quantity, Sensor, SensorOptions
 from drivers.errors import BusError, HardwareConfigError
 from drivers.hardware import Hardware, SimulatedHardware, bus_lock
-from drivers.protocols.crc import sensirion_encode, sensirion_words
+from drivers.protocols.crc import sensirion_words
 from drivers.protocols.i2c import Commands, I2CMessageBus
-from drivers.sim.fake_smbus import CommandChip, nack
+from drivers.sim.fake_smbus import nack
+from drivers.sim.sensirion import SensirionChip
 from drivers.sim.signal import SimulatedSignal, simulated_signals
 
 Precision = Literal["high", "medium", "low"]
@@ -224,7 +224,7 @@ def open_sht4x(options: SHT4xOptions, hardware: Hardware) -> SHT4x:
 # Emulation.
 
 
-class EmulatedSHT4x(CommandChip):
+class EmulatedSHT4x(SensirionChip):
     """A command-level SHT4x for :class:`~drivers.sim.fake_smbus.FakeSMBus`.
 
     It knows the three measurement commands, soft reset and the serial number; NACKs its
@@ -234,8 +234,7 @@ class EmulatedSHT4x(CommandChip):
     humidity signal outside 0..100 %RH gives the raw words the chip sends in condensation
     (-6..119 %RH before cropping).
 
-    Faults: :attr:`corrupt_next` flips a bit of the next answer's first CRC; ``fail_rate``
-    NACKs or corrupts that share of measurement reads.
+    Faults: see :class:`~drivers.sim.sensirion.SensirionChip`.
     """
 
     def __init__(
@@ -249,58 +248,34 @@ class EmulatedSHT4x(CommandChip):
         fail_rate: float = 0.0,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(clock=clock, fail_rate=fail_rate, rng=rng)
         self.temperature = temperature or SimulatedSignal(21.0)
         self.humidity = humidity or SimulatedSignal(50.0)
         self.serial_number = serial_number
         self.measuring_s = measuring_s
-        self.fail_rate = fail_rate
-        self.corrupt_next = 0
         self.commands: list[bytes] = []
-        self._clock = clock
-        self._rng = rng or random.Random()
-        self._output = b""
-        self._is_measurement = False
-        self._ready_at = 0.0
-        self._lock = threading.Lock()
 
     def command(self, data: bytes) -> None:
-        with self._lock:
+        with self.lock:
             self.commands.append(data)
-            if self._clock() < self._ready_at:
+            if self.busy():
                 raise nack()
-            self._output, self._is_measurement = b"", False
+            self.clear()
             precision = next((p for p, c in MEASURE.items() if c == data), None)
             if precision is not None:
                 duration = self.measuring_s
                 if duration is None:
                     duration = TIMING[precision].typical_s
-                self._ready_at = self._clock() + duration
-                self._output = sensirion_encode(
+                self.busy_for(duration)
+                self.send(
                     raw_from_temperature(self.temperature.next()),
                     raw_from_humidity(self.humidity.next()),
+                    measurement=True,
                 )
-                self._is_measurement = True
             elif data == READ_SERIAL:
-                self._output = sensirion_encode(
-                    self.serial_number >> 16, self.serial_number & 0xFFFF
-                )
+                self.send(self.serial_number >> 16, self.serial_number & 0xFFFF)
             elif data == SOFT_RESET:
-                self._ready_at = self._clock() + SOFT_RESET_S / 2
-
-    def answer(self, length: int) -> bytes:
-        with self._lock:
-            if self._clock() < self._ready_at or not self._output:
-                raise nack()
-            out = bytearray(self._output[:length])
-            measurement, self._output = self._is_measurement, b""
-            if measurement and self.fail_rate and self._rng.random() < self.fail_rate:
-                if self._rng.random() < 0.5:
-                    raise nack()
-                self.corrupt_next += 1
-            if self.corrupt_next and len(out) >= 3:
-                self.corrupt_next -= 1
-                out[2] ^= 0x01
-            return bytes(out)
+                self.busy_for(SOFT_RESET_S / 2)
 
 
 SIMULATION_DEFAULTS: Final[Mapping[str, float | list[float]]] = {
