@@ -36,14 +36,12 @@ from __future__ import annotations
 import configparser
 import contextlib
 import fcntl
-import hashlib
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -51,12 +49,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy.debootstrap import CACHE, cached_debootstrap
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("EDGE_AGENT_TEST_CACHE", "/var/cache/edge-agent-tests"))
-MIRROR = os.environ.get("EDGE_AGENT_TEST_MIRROR", "http://deb.debian.org/debian")
-SUITE = "bookworm"
 INCLUDE = ["git", "make"]
 #: Bump when the post-debootstrap preparation changes: it is part of the cache key.
 PREPARATION = 1
@@ -100,47 +97,13 @@ if _reason is not None:
 
 # -- the cached root file system ----------------------------------------------------------
 def cached_rootfs() -> Path:
-    """The minimal Debian, made once (under the caller's lock): built next to its final
-    place and renamed there when complete, with a marker file inside."""
-    key = hashlib.sha256(f"{SUITE} {' '.join(INCLUDE)} {PREPARATION}".encode()).hexdigest()
-    target = CACHE / f"fresh-{SUITE}-{key[:12]}"
-    marker = target / ".edge-agent-ready"
-    if marker.exists():
-        return target
-    for stale in [*CACHE.glob(f"fresh-{SUITE}-*"), *CACHE.glob(f".fresh-{SUITE}-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=CACHE))
-    building.chmod(0o755)
-    log = CACHE / "fresh-debootstrap.log"
-    with open(log, "w") as out:
-        result = subprocess.run(
-            [
-                TOOLS["debootstrap"],
-                "--variant=minbase",
-                f"--include={','.join(INCLUDE)}",
-                SUITE,
-                str(building),
-                MIRROR,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PATH": f"{PATH}:{os.environ.get('PATH', '')}"},
-            timeout=900,
-            check=False,
-        )
-    if result.returncode != 0:
-        shutil.rmtree(building, ignore_errors=True)
-        raise RuntimeError(f"debootstrap failed ({result.returncode}): see {log}")
-    (building / "etc/hosts").write_text(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    return cached_debootstrap(
+        "fresh-bookworm",
+        include=INCLUDE,
+        preparation=PREPARATION,
+        hostname="fresh-pi",
+        debootstrap=TOOLS["debootstrap"],
     )
-    (building / "etc/hostname").write_text("fresh-pi\n")
-    for deb in (building / "var/cache/apt/archives").glob("*.deb"):
-        deb.unlink()
-    (building / marker.name).write_text(f"{SUITE} {' '.join(INCLUDE)}\n")
-    building.rename(target)
-    return target
 
 
 # -- the host's registries, as the chroot sees them ---------------------------------------

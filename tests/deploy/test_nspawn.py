@@ -19,8 +19,6 @@ with the reason otherwise. ``make system-deps`` installs them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -29,7 +27,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -40,12 +37,11 @@ from typing import Any
 
 import pytest
 
+from tests.deploy.debootstrap import cached_debootstrap
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("EDGE_AGENT_TEST_CACHE", "/var/cache/edge-agent-tests"))
-MIRROR = os.environ.get("EDGE_AGENT_TEST_MIRROR", "http://deb.debian.org/debian")
-SUITE = "bookworm"
 PACKAGES = [
     "systemd",
     "systemd-sysv",
@@ -118,56 +114,13 @@ if _reason is not None:
 
 # -- the cached root file system -------------------------------------------------------
 def cached_rootfs() -> Path:
-    """The debootstrapped Debian, made once: built in a temporary directory next to its
-    final place and renamed there when complete (the marker file is inside), under a lock
-    so that two runs do not both build it."""
-    key = hashlib.sha256(f"{SUITE} {' '.join(PACKAGES)} {PREPARATION}".encode()).hexdigest()
-    target = CACHE / f"{SUITE}-rootfs-{key[:12]}"
-    marker = target / ".edge-agent-ready"
-    if marker.exists():
-        return target
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists():
-            return target
-        for stale in CACHE.glob(f"{SUITE}-rootfs-*"):  # older package lists, half builds
-            shutil.rmtree(stale, ignore_errors=True)
-        for stale in CACHE.glob(f".{SUITE}-rootfs-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=CACHE))
-        building.chmod(0o755)
-        log = CACHE / "debootstrap.log"
-        with open(log, "w") as out:
-            result = subprocess.run(
-                [
-                    TOOLS["debootstrap"],
-                    "--variant=minbase",
-                    f"--include={','.join(PACKAGES)}",
-                    SUITE,
-                    str(building),
-                    MIRROR,
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PATH": f"{PATH}:{os.environ.get('PATH', '')}"},
-                timeout=900,
-                check=False,
-            )
-        if result.returncode != 0:
-            shutil.rmtree(building, ignore_errors=True)
-            raise RuntimeError(f"debootstrap failed ({result.returncode}): see {log}")
-        # What the Debian installer adds and debootstrap does not.
-        (building / "etc/hosts").write_text(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        )
-        (building / "etc/hostname").write_text("edge-test\n")
-        for cached in (building / "var/cache/apt/archives").glob("*.deb"):
-            cached.unlink()
-        (building / marker.name).write_text(f"{SUITE} {' '.join(PACKAGES)}\n")
-        building.rename(target)
-    return target
+    return cached_debootstrap(
+        "bookworm-rootfs",
+        include=PACKAGES,
+        preparation=PREPARATION,
+        hostname="edge-test",
+        debootstrap=TOOLS["debootstrap"],
+    )
 
 
 def build_wheelhouse(into: Path, python: str) -> Path:
