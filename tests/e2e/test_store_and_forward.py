@@ -112,6 +112,7 @@ def test_broker_unreachable_at_start_then_everything_is_delivered(
             protocol=protocol,
         )
         agent = agents(config)
+        agent.wait_until_started()
         time.sleep(1.5)
         assert not readings(c, base)
         proxy.heal()
@@ -341,9 +342,8 @@ def test_full_buffer_drops_exactly_the_oldest_and_says_how_many(
             extra="buffer:\n  max_messages: 20\n",
         )
         agent = agents(config)
-        # 5 s at 10 Hz: 30+ readings even when the agent takes 2 s to start (its start-up
-        # grew with entry-point discovery; 3.5 s left 29 on an idle CI machine).
-        time.sleep(5.0)
+        agent.wait_until_started()
+        time.sleep(3.5)  # 35 readings at 10 Hz: more than max_messages + 10
         proxy.heal()
         event = c.wait_for(
             lambda m: m.topic == f"{base}/event" and m.json()["kind"] == "buffer_dropping"

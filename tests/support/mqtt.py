@@ -230,3 +230,13 @@ class AgentProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_until_started(self, timeout: float = 30.0) -> None:
+        """Until the agent logs that it started (config read, sampling about to begin):
+        a test that times an outage from here does not count the interpreter's start-up,
+        which on a loaded machine takes seconds."""
+        deadline = time.monotonic() + timeout
+        while " started: device " not in self.log():
+            assert self.process is not None and self.process.poll() is None, self.log()
+            assert time.monotonic() < deadline, f"not started in {timeout} s:\n{self.log()}"
+            time.sleep(0.02)
