@@ -172,6 +172,15 @@ class Quantity:
     #: What the chip can measure, (lowest, highest) in :attr:`unit`; the conformance kit
     #: picks its simulation values inside it.
     valid_range: tuple[float, float] | None = None
+    #: For a ratio ADC whose step grows with the value (a resistance from a divider): one
+    #: step as a share of the value; readings are still rounded to :attr:`resolution`.
+    relative_resolution: float | None = None
+
+    def step_at(self, value: float) -> float:
+        """The smallest change the chip can show near ``value``."""
+        if self.relative_resolution is None:
+            return self.resolution
+        return max(self.resolution, abs(value) * self.relative_resolution)
 
 
 class Driver(abc.ABC):

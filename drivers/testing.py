@@ -147,6 +147,11 @@ def _check_quantity(spec: DriverSpec, name: str, q: Quantity) -> None:
     assert q.resolution > 0 and math.isfinite(q.resolution), (
         f"{spec.name}.{name}: resolution must be a positive number, got {q.resolution!r}"
     )
+    if q.relative_resolution is not None:
+        assert 0 < q.relative_resolution < 1, (
+            f"{spec.name}.{name}: relative_resolution must be a share in (0, 1), got "
+            f"{q.relative_resolution!r}"
+        )
     if q.valid_range is not None:
         lo, hi = q.valid_range
         assert lo < hi, f"{spec.name}.{name}: valid_range {q.valid_range} is empty"
@@ -196,12 +201,12 @@ def _check_round_trip(spec: DriverSpec, entry: dict[str, Any], share: float) -> 
                         f"{values}"
                     )
                     got = values[name]
-                    tolerance = quantities[name].resolution * 1.0001
-                    assert abs(got - want) <= tolerance, (
+                    step = quantities[name].step_at(want)
+                    assert abs(got - want) <= step * 1.0001, (
                         f"{spec.name}: simulated {name}={want} {quantities[name].unit}, read "
                         f"{got} (read {attempt + 1}): more than one resolution step "
-                        f"({quantities[name].resolution}) apart — does the emulator encode raw "
-                        "values the way the chip does?"
+                        f"({step:g}) apart — does the emulator encode raw values the way the "
+                        "chip does?"
                     )
         finally:
             driver.close()

@@ -69,7 +69,7 @@ def make_spec(**broken: Any) -> DriverSpec:
         options=GaugeOptions,
         open=open_gauge,
         emulate=emulate,
-        quantities={"level": Quantity("%", 0.1, valid_range=(0.0, 100.0))},
+        quantities={"level": broken.get("quantity", Quantity("%", 0.1, valid_range=(0.0, 100.0)))},
         sample=broken.get("sample", "sensors:\n  tank:\n    driver: gauge\n    interval: 10s\n"),
     )
 
@@ -86,6 +86,21 @@ def test_an_emulator_that_ignores_the_simulation_values_fails() -> None:
 def test_a_conversion_off_by_more_than_the_resolution_fails() -> None:
     with pytest.raises(AssertionError, match="more than one resolution step"):
         check_driver(make_spec(scale=1.01))
+
+
+def relative(share: float) -> Quantity:
+    return Quantity("%", 0.1, valid_range=(0.0, 100.0), relative_resolution=share)
+
+
+def test_a_relative_resolution_widens_the_tolerance_with_the_value() -> None:
+    check_driver(make_spec(scale=1.01, quantity=relative(0.02)))  # 1 % off, a step is 2 %
+    with pytest.raises(AssertionError, match=r"more than one resolution step \(0\.\d+\)"):
+        check_driver(make_spec(scale=1.03, quantity=relative(0.02)))
+
+
+def test_a_relative_resolution_must_be_a_share() -> None:
+    with pytest.raises(AssertionError, match="relative_resolution must be a share"):
+        check_driver(make_spec(quantity=relative(1.5)))
 
 
 def test_an_emulator_that_never_fails_fails() -> None:
