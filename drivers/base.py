@@ -224,6 +224,13 @@ class Sensor(Driver):
             drivers.errors.PermanentError: it will not, until something changes.
         """
 
+    def receive(self, quantity: str, value: float) -> None:
+        """The latest ``quantity`` of another sensor this one is linked to
+        (:attr:`DriverSpec.links`), given before each read. Called on the agent's thread
+        between reads: keep it, and apply it in :meth:`read`. A driver with links *must*
+        implement it."""
+        raise NotImplementedError(f"{type(self).__name__} takes no linked quantity")
+
 
 class Output(Driver):
     """A binary output (a relay). Subclasses *must* implement :meth:`set` and :attr:`is_on`."""
@@ -284,6 +291,11 @@ class DriverSpec:
     #: memory (sysfs, /proc): the agent then reads it on its event loop, with no worker
     #: thread and no thread hand-off per reading.
     blocking: bool = True
+    #: Options that name another sensor of the same agent whose quantity this driver uses,
+    #: option -> quantity (the SCD4x's ``pressure_from`` -> ``pressure``, for its CO₂
+    #: compensation): the config checks the sensor exists and reports it, and the agent
+    #: hands its latest value to :meth:`Sensor.receive` before each read.
+    links: Mapping[str, str] = field(default_factory=dict)
 
     def quantities_of(self, options: Any) -> Mapping[str, Quantity]:
         """The quantities a sensor configured with ``options`` reports."""

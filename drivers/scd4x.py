@@ -198,6 +198,9 @@ class SCD4x(Sensor):
         self._clock = clock
         self._sleep = sleep
         self._closed = False
+        #: The pressure word last sent (hPa), and one received from a linked sensor.
+        self._pressure_sent: int | None = None
+        self._pressure_linked: float | None = None
         with self._lock:
             # A chip left measuring refuses configuration: stop it first, whatever it does.
             self._send(STOP_PERIODIC, wait_s=STOP_S, what="stop_periodic_measurement")
@@ -209,11 +212,7 @@ class SCD4x(Sensor):
             )
             self._send(SET_ALTITUDE, altitude_m, what="set_sensor_altitude")
             if ambient_pressure_hpa is not None:
-                self._send(
-                    SET_AMBIENT_PRESSURE,
-                    pressure_word(ambient_pressure_hpa),
-                    what="set_ambient_pressure",
-                )
+                self._set_pressure(ambient_pressure_hpa)
             self._send(SET_ASC, int(automatic_self_calibration), what="set_asc_enabled")
             if mode == "periodic":
                 self._send(START_PERIODIC, what="start_periodic_measurement")
@@ -243,6 +242,19 @@ class SCD4x(Sensor):
             raise WrongDevice(f"{self._name}: serial number 0x{serial:012X} is not an SCD4x's")
         return serial
 
+    def _set_pressure(self, hpa: float) -> None:
+        word = pressure_word(hpa)
+        if word != self._pressure_sent:
+            self._send(SET_AMBIENT_PRESSURE, word, what="set_ambient_pressure")
+            self._pressure_sent = word
+
+    def receive(self, quantity: str, value: float) -> None:
+        """The ambient pressure (hPa) from a linked sensor (``pressure_from``): sent to the
+        chip at the next read when it changed by a whole hPa (the command's step), and it
+        overrides the altitude from then on. A value outside 700..1200 hPa is ignored."""
+        if quantity == "pressure" and PRESSURE_RANGE_HPA[0] <= value <= PRESSURE_RANGE_HPA[1]:
+            self._pressure_linked = value
+
     # -- measuring --------------------------------------------------------------------------
 
     def read(self) -> dict[str, float]:
@@ -262,6 +274,10 @@ class SCD4x(Sensor):
         if self._closed:
             raise ValueError(f"{self._name} is closed")
         with self._lock:
+            if self._pressure_linked is not None:
+                # The one setting the chip takes while measuring periodically; its
+                # next measurement is compensated with it.
+                self._set_pressure(self._pressure_linked)
             if self.mode == "single_shot":
                 self._send(MEASURE_SINGLE_SHOT, wait_s=SINGLE_SHOT_S, what="measure_single_shot")
             else:
@@ -319,6 +335,8 @@ office:
   mode: periodic         # periodic (5 s) | low_power (30 s) | single_shot (SCD41 only)
   sensor_altitude: 0     # metres above sea level, for the CO2 pressure compensation
   ambient_pressure: null # or hPa (700..1200); overrides sensor_altitude
+  pressure_from: null    # or a sensor of this agent that reports pressure (a BME280):
+                         # its latest reading compensates the CO2 (overrides both)
   automatic_self_calibration: true   # assumes fresh air (~400 ppm) once a week
   temperature_offset: 4.0            # °C of self-heating the chip subtracts
 """
@@ -338,10 +356,16 @@ class SCD4xOptions(SensorOptions, frozen=True, tag="scd4x"):
         Annotated[float, msgspec.Meta(ge=700, le=1200, description="hPa; overrides altitude")]
         | None
     ) = None
+    pressure_from: (
+        Annotated[str, msgspec.Meta(description="a sensor of this agent that reports pressure")]
+        | None
+    ) = None
     automatic_self_calibration: bool = True
     temperature_offset: Annotated[float, msgspec.Meta(ge=0, le=20, description="°C")] = 4.0
 
     def __post_init__(self) -> None:
+        if self.pressure_from is not None and self.ambient_pressure is not None:
+            raise OptionError("pressure_from", "give ambient_pressure or pressure_from, not both")
         if self.mode == "single_shot" and self.model != "scd41":
             raise OptionError("mode", "single_shot mode exists only on the SCD41")
         if self.mode == "low_power" and self.interval < UPDATE_S["low_power"]:
@@ -553,4 +577,5 @@ SPEC = DriverSpec(
     sample=SAMPLE,
     i2c_addresses=(0x62,),
     humidity_shares_die=True,
+    links={"pressure_from": "pressure"},
 )

@@ -139,6 +139,11 @@ def _check_spec(spec: DriverSpec) -> None:
             assert name in spec.quantities, f"{spec.name}: computed {name!r} is no quantity"
     for address in spec.i2c_addresses:
         assert 0x03 <= address <= 0x77, f"{spec.name}: 0x{address:02X} is no 7-bit I2C address"
+    fields = {f.name for f in msgspec.structs.fields(spec.options)}
+    for option, quantity in spec.links.items():
+        assert spec.kind == "sensor", f"{spec.name}: only a sensor takes linked quantities"
+        assert option in fields, f"{spec.name}: links option {option!r} is no option"
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", quantity), f"{spec.name}: links {quantity!r}"
 
 
 def _check_quantity(spec: DriverSpec, name: str, q: Quantity) -> None:
@@ -187,6 +192,11 @@ def _check_round_trip(spec: DriverSpec, entry: dict[str, Any], share: float) -> 
                 f"{spec.name}: opening failed with fail_rate 0: {type(e).__name__}: {e}"
             ) from e
         try:
+            if spec.links:
+                assert type(driver).receive is not Sensor.receive, (
+                    f"{spec.name}: links {', '.join(spec.links)} but its class does not "
+                    "implement receive()"
+                )
             for attempt in range(3):
                 try:
                     values = _read(spec, driver)

@@ -240,6 +240,21 @@ def _check_references(config: Config, problems: Problems) -> None:
                     f"{spec.name} has no quantity {key!r}; it has "
                     f"{', '.join(quantities)} (and fail_rate)",
                 )
+        for option, quantity in spec.links.items():
+            linked = getattr(sensor, option, None)
+            link_key: KeyPath = ("sensors", name, option)
+            if linked is None:
+                continue
+            if linked == name:
+                problems.add(link_key, "a sensor cannot take its own reading")
+            elif (source := config.sensors.get(linked)) is None:
+                problems.add(link_key, f"no sensor named {linked!r}")
+            else:
+                source_spec = DRIVERS[source.__struct_config__.tag]  # type: ignore[index]
+                if quantity not in source_spec.quantities_of(source):
+                    problems.add(
+                        link_key, f"sensor {linked!r} ({source_spec.name}) reports no {quantity}"
+                    )
         check_processing(
             ("sensors", name),
             spec,

@@ -132,6 +132,7 @@ class Scheduler:
         self._clock = clock
         self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self._limiter = RateLimiter(60.0)
+        self._links = _links(slots)
         #: Lateness of every read start behind its due time, in seconds (for benchmarks).
         self.lateness: list[float] = []
         self.record_lateness = False
@@ -221,18 +222,27 @@ class Scheduler:
         if not slot.spec.blocking:
             if slot.driver is None:
                 slot.driver = _open_sensor(slot)
+            self._hand_links(slot, slot.driver)
             return _read_sensor(slot.driver)
         loop = asyncio.get_running_loop()
         if slot.driver is None:
             async with asyncio.timeout(slot.timeout_s):
                 slot.driver = await loop.run_in_executor(self._executor(slot), _open_sensor, slot)
         driver = slot.driver
+        self._hand_links(slot, driver)
         future = loop.run_in_executor(self._executor(slot), _read_sensor, driver)
         try:
             async with asyncio.timeout(slot.timeout_s):
                 return await future
         except TimeoutError:
             raise TransientError(f"read did not finish within {slot.timeout_s:g}s") from None
+
+    def _hand_links(self, slot: SensorSlot, driver: Sensor) -> None:
+        """The latest values of the sensors ``slot`` is linked to (DriverSpec.links)."""
+        for quantity, source in self._links.get(slot.name, ()):
+            value = source.last_values.get(quantity)
+            if value is not None and not source.failed:
+                driver.receive(quantity, value)
 
     def _success(self, slot: SensorSlot, ts: float, raw: dict[str, float], *, due: float) -> None:
         # The chain is given the due time, not the clock: throttles and heartbeats then
@@ -286,6 +296,19 @@ class Scheduler:
             )
         elif not slot.failed and self._limiter.allow(f"read_error:{slot.name}"):
             self._report(Event("read_error", f"sensor {slot.name}: {error}", "warning", fields))
+
+
+def _links(slots: list[SensorSlot]) -> dict[str, list[tuple[str, SensorSlot]]]:
+    """Sensor name -> (quantity, slot it comes from) for every link its options make (the
+    config has checked each names a sensor that reports the quantity)."""
+    by_name = {slot.name: slot for slot in slots}
+    links: dict[str, list[tuple[str, SensorSlot]]] = {}
+    for slot in slots:
+        for option, quantity in slot.spec.links.items():
+            source = by_name.get(getattr(slot.options, option, None) or "")
+            if source is not None and source is not slot:
+                links.setdefault(slot.name, []).append((quantity, source))
+    return links
 
 
 def _open_sensor(slot: SensorSlot) -> Sensor:

@@ -22,7 +22,8 @@ def test_every_built_in_driver_passes_the_kit(name: str) -> None:
 
 
 class GaugeOptions(SensorOptions, frozen=True, tag="gauge"):
-    pass
+    #: Another sensor's name, for the links tests.
+    source: str | None = None
 
 
 class Gauge(Sensor):
@@ -70,6 +71,7 @@ def make_spec(**broken: Any) -> DriverSpec:
         open=open_gauge,
         emulate=emulate,
         quantities={"level": broken.get("quantity", Quantity("%", 0.1, valid_range=(0.0, 100.0)))},
+        links=broken.get("links", {}),
         sample=broken.get("sample", "sensors:\n  tank:\n    driver: gauge\n    interval: 10s\n"),
     )
 
@@ -101,6 +103,13 @@ def test_a_relative_resolution_widens_the_tolerance_with_the_value() -> None:
 def test_a_relative_resolution_must_be_a_share() -> None:
     with pytest.raises(AssertionError, match="relative_resolution must be a share"):
         check_driver(make_spec(quantity=relative(1.5)))
+
+
+def test_a_link_must_name_an_option_and_the_driver_must_receive_it() -> None:
+    with pytest.raises(AssertionError, match="links option 'nope' is no option"):
+        check_driver(make_spec(links={"nope": "pressure"}))
+    with pytest.raises(AssertionError, match=r"links source .* does not implement receive"):
+        check_driver(make_spec(links={"source": "pressure"}))
 
 
 def test_an_emulator_that_never_fails_fails() -> None:

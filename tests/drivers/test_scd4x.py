@@ -161,6 +161,27 @@ def test_a_chip_left_measuring_by_a_previous_run_is_stopped_and_configured() -> 
     assert chip.state == "periodic"
 
 
+def test_a_linked_pressure_is_sent_while_measuring_and_only_when_it_changes() -> None:
+    bus, chip, clock = emulated()
+    sensor = open_emulated(bus, clock)
+    assert chip.ambient_pressure is None
+    sensor.receive("pressure", 987.2)  # from a BME280 next to it, say
+    sensor.read()
+    assert chip.ambient_pressure == 987  # hPa: the datasheet example's word, 0x03DB
+    assert chip.state == "periodic"  # set while measuring, no stop needed
+    sent = chip.commands.count(scd4x.SET_AMBIENT_PRESSURE)
+    sensor.receive("pressure", 987.4)  # the same whole hPa: nothing to send
+    sensor.read()
+    assert chip.commands.count(scd4x.SET_AMBIENT_PRESSURE) == sent
+    sensor.receive("pressure", 1001.6)
+    sensor.read()
+    assert chip.ambient_pressure == 1002
+    sensor.receive("pressure", 5.0)  # not a plausible ambient pressure: ignored
+    sensor.receive("temperature", 1000.0)  # not what it takes
+    sensor.read()
+    assert chip.ambient_pressure == 1002
+
+
 def test_without_the_stop_a_running_chip_nacks_configuration() -> None:
     bus, _, _ = emulated(starts_measuring=True)
     with pytest.raises(OSError):
@@ -320,7 +341,13 @@ def test_options_refuse_modes_the_chip_cannot_serve(config: dict[str, object], o
 
 
 @pytest.mark.parametrize(
-    "config", [{"sensor_altitude": -1}, {"ambient_pressure": 1300}, {"address": 0x61}]
+    "config",
+    [
+        {"sensor_altitude": -1},
+        {"ambient_pressure": 1300},
+        {"address": 0x61},
+        {"ambient_pressure": 1000, "pressure_from": "air"},
+    ],
 )
 def test_options_refuse_values_out_of_range(config: dict[str, object]) -> None:
     with pytest.raises(msgspec.ValidationError):
@@ -333,6 +360,7 @@ def test_registered_with_its_address_and_the_5_s_minimum() -> None:
     assert scd4x.SPEC.min_interval_s == 5.0
     assert scd4x.SPEC.quantities["co2"].device_class == "carbon_dioxide"
     assert scd4x.SPEC.quantities["co2"].unit == "ppm"
+    assert scd4x.SPEC.links == {"pressure_from": "pressure"}
 
 
 def test_simulate_gives_the_configured_constants_back() -> None:
