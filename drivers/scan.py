@@ -34,6 +34,8 @@ class ScanResult:
     #: IIO devices as (directory name, driver name): ("iio:device0", "dht11@4")
     iio: list[tuple[str, str]] = field(default_factory=list)
     serial: list[str] = field(default_factory=list)
+    #: Hardware PWM chips as (chip number, channels): a pwm output's ``hardware_pwm``.
+    pwm: list[tuple[int, int]] = field(default_factory=list)
 
 
 def probe_i2c(bus: Any, address: int) -> bool:
@@ -75,6 +77,16 @@ def scan(hardware: Hardware) -> ScanResult:
                 name = "?"
             result.iio.append((device.name, name))
     result.serial = hardware.serial_port_names()
+    pwm = hardware.path("/sys/class/pwm")
+    if pwm.is_dir():
+        for chip in sorted(pwm.glob("pwmchip*")):
+            suffix = chip.name.removeprefix("pwmchip")
+            try:
+                channels = int(hardware.read_attr(chip / "npwm").strip())
+            except (OSError, ValueError):
+                continue
+            if suffix.isdigit():
+                result.pwm.append((int(suffix), channels))
     return result
 
 
@@ -103,4 +115,11 @@ def render(result: ScanResult, drivers: Iterable[DriverSpec]) -> str:
     lines.append(f"IIO: {len(result.iio) or 'no'} device(s)")
     lines.extend(f"  {directory} {name}" for directory, name in result.iio)
     lines.append(f"serial: {', '.join(result.serial) if result.serial else 'no ports'}")
+    if result.pwm:
+        lines.append(f"PWM: {len(result.pwm)} chip(s) (a pwm output's hardware_pwm)")
+        lines.extend(
+            f"  pwmchip{chip}: channels 0..{channels - 1}" for chip, channels in result.pwm
+        )
+    else:
+        lines.append("PWM: no hardware PWM chip (dtoverlay=pwm-2chan enables GPIO 18 and 19)")
     return "\n".join(lines)

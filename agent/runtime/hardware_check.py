@@ -1,7 +1,7 @@
 """``edge-agent check --hardware``: open every configured sensor and input once.
 
 Outputs are not opened: opening one drives its pin to the initial level, which must never
-happen behind a running agent's back.
+happen behind a running agent's back; a hardware PWM output's channel is only looked up.
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ def check_hardware(loaded: LoadedConfig, hardware: Hardware) -> list[str]:
             if problem is not None:
                 line = source.line_of((section, name))
                 problems.append(f"{loaded.path}:{line or '?'}: {section}.{name}: {problem}")
+        for name, output in config.outputs.items():
+            problem = _pwm_channel_missing(output, hardware)
+            if problem is not None:
+                line = source.line_of(("outputs", name, "hardware_pwm"))
+                problems.append(
+                    f"{loaded.path}:{line or '?'}: outputs.{name}.hardware_pwm: {problem}"
+                )
     finally:
         hardware.close()
     return problems
@@ -50,4 +57,19 @@ def _open_once(options: Options, hardware: Hardware) -> str | None:
     except DriverError as e:
         return str(e)
     driver.close()
+    return None
+
+
+def _pwm_channel_missing(options: Options, hardware: Hardware) -> str | None:
+    """Whether a ``hardware_pwm`` output's channel exists, looked up without opening it."""
+    selected = getattr(options, "hardware_pwm", None)
+    if selected is None:
+        return None
+    chip = hardware.path(f"/sys/class/pwm/pwmchip{selected.chip}")
+    try:
+        channels = int(hardware.read_attr(chip / "npwm").strip())
+    except (OSError, ValueError):
+        return f"no {chip}: enable hardware PWM with dtoverlay=pwm-2chan (GPIO 18 and 19)"
+    if selected.channel >= channels:
+        return f"pwmchip{selected.chip} has {channels} channels (0..{channels - 1})"
     return None

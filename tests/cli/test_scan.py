@@ -12,6 +12,7 @@ from drivers import bme280
 from drivers.hardware import SimulatedHardware
 from drivers.registry import DRIVERS
 from drivers.scan import render, scan
+from drivers.sim.fake_pwm import FakePWMChip
 from drivers.sim.fake_serial import FakeSerialPort
 from drivers.sim.fake_w1 import FakeW1Bus
 from tests.support.mqtt import run_cli
@@ -50,11 +51,33 @@ def test_scan_lists_what_answers_and_which_drivers_claim_it() -> None:
     assert "serial: /dev/serial0" in text
 
 
+def test_scan_lists_hardware_pwm_chips_and_check_finds_a_missing_channel(
+    tmp_path: Path,
+) -> None:
+    with SimulatedHardware() as hw:
+        FakePWMChip(hw, chip=0, npwm=2)
+        text = render(scan(hw), DRIVERS.values())
+    assert "PWM: 1 chip(s) (a pwm output's hardware_pwm)\n  pwmchip0: channels 0..1" in text
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "outputs:\n  fan:\n    driver: pwm\n    pin: 18\n"
+        "    hardware_pwm: {chip: 0, channel: 2}\n"
+        "  lamp:\n    driver: pwm\n    pin: 13\n    hardware_pwm: {chip: 1}\n"
+    )
+    hw = SimulatedHardware()
+    FakePWMChip(hw, chip=0, npwm=2)
+    problems = check_hardware(load_config(path), hw)
+    assert problems[0] == f"{path}:5: outputs.fan.hardware_pwm: pwmchip0 has 2 channels (0..1)"
+    assert problems[1].startswith(f"{path}:9: outputs.lamp.hardware_pwm: no ")
+    assert "dtoverlay=pwm-2chan" in problems[1] and len(problems) == 2
+
+
 def test_scan_finds_nothing_on_an_empty_machine(tmp_path: Path) -> None:
     with SimulatedHardware(tmp_path) as hw:
         text = render(scan(hw), DRIVERS.values())
     assert "I2C: no bus" in text and "raspi-config nonint do_i2c 0" in text
     assert "1-Wire: no device(s)" in text
+    assert "PWM: no hardware PWM chip" in text
 
 
 def test_check_hardware_names_the_line_and_what_was_found_instead(tmp_path: Path) -> None:
