@@ -25,7 +25,7 @@ from typing import Literal
 
 import msgspec
 
-from agent.actuation.statefile import OutputStateFile
+from agent.actuation.statefile import OutputStateFile, SavedState
 from agent.commands.parse import Command, CommandRefused
 from agent.events import Event, EventSink, Level
 from agent.mqtt.payloads import encode_json, iso_ts
@@ -115,7 +115,7 @@ class OutputController:
         self._loop = loop
         self._clock = clock
         self._partners = _partners(outputs)
-        self._saved: dict[str, bool] = {}
+        self._saved: dict[str, SavedState] = {}
         #: Set by :meth:`shutdown`: from then on nothing switches and no timer is armed.
         self._stopped = False
 
@@ -172,6 +172,8 @@ class OutputController:
             # Opened straight at the saved level (off when nothing was saved).
             saved = self._saved.get(out.name, False)
             options = msgspec.structs.replace(options, initial="on" if saved else "off")
+            if isinstance(options, PWMOptions) and not isinstance(saved, bool):
+                options = msgspec.structs.replace(options, initial_level=options.clamp(saved))
         try:
             driver = guarded_open(spec_of(options), options, self._hardware)
             assert isinstance(driver, Output)
@@ -368,7 +370,7 @@ class OutputController:
         elif reason == "command":
             out.state = replace(out.state, reason="command")
         self._schedule_revert(out, hold)
-        if changed:
+        if changed or level_changed:
             self._save()
         if changed or level_changed or reason == "command":
             self._publish(out.name, out.state)
@@ -379,8 +381,9 @@ class OutputController:
         """The level a dimmable output goes to; None for an on/off output.
 
         Off is 0. On is ``level`` when a command gave one; the ``failsafe_level`` for a
-        failsafe; ``initial_level`` at shutdown; otherwise the last level it was on at
-        (a plain "on", a pulse's end), or ``initial_level`` if it has not been on yet.
+        failsafe; ``initial_level`` at shutdown (a ``restore`` output keeps its level);
+        otherwise the last level it was on at (a plain "on", a pulse's end), or
+        ``initial_level`` if it has not been on yet.
         """
         options = out.options
         if not isinstance(options, PWMOptions):
@@ -391,7 +394,8 @@ class OutputController:
             return level
         if reason == "failsafe":
             return options.failsafe_on_level
-        if reason == "shutdown" or out.last_level is None:
+        restore = options.initial == "restore"
+        if (reason == "shutdown" and not restore) or out.last_level is None:
             return options.on_level
         return out.last_level
 
@@ -559,7 +563,7 @@ class OutputController:
     def _save(self) -> None:
         # A restore output that could not be opened this time keeps what was saved for it.
         states = {
-            out.name: out.state.on if out.state is not None else self._saved[out.name]
+            out.name: _saved_state(out.state) if out.state is not None else self._saved[out.name]
             for out in self._outputs.values()
             if out.options.initial == "restore"
             and (out.state is not None or out.name in self._saved)
@@ -604,3 +608,10 @@ def _word(on: bool) -> str:
 def _percent(level: float) -> float:
     """A driver's 0..1 level as the published percentage (two decimals)."""
     return round(level * 100, 2)
+
+
+def _saved_state(state: OutputState) -> SavedState:
+    """What ``restore`` keeps of ``state``: on/off, and the level of an output with levels."""
+    if state.on and state.level:
+        return float(state.level)
+    return state.on

@@ -189,10 +189,12 @@ def test_a_corrupt_state_file_is_ignored_and_logged(
     assert json.loads(rig.state_path.read_text()) == {"pump": True}
 
 
-def test_state_file_load_keeps_only_booleans(tmp_path: Path) -> None:
+def test_state_file_load_keeps_only_on_off_and_levels(tmp_path: Path) -> None:
     path = tmp_path / "outputs.json"
-    path.write_text('{"a": true, "b": false, "c": 1, "d": null, "e": "on"}')
-    assert OutputStateFile(path).load() == {"a": True, "b": False}
+    path.write_text(
+        '{"a": true, "b": false, "c": 40.5, "d": null, "e": "on", "f": 0, "g": 101, "h": 1e999}'
+    )
+    assert OutputStateFile(path).load() == {"a": True, "b": False, "c": 40.5}
     assert OutputStateFile(tmp_path / "missing.json").load() == {}
 
 

@@ -3,6 +3,7 @@ controller, and every safety rule of CONTRACT section 8 with levels."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,14 +205,38 @@ def test_interlock_with_a_relay(rig: Rig) -> None:
     assert not c.state("lamp").on and last(rig, "lamp").level == 0.0  # type: ignore[union-attr]
 
 
-def test_restore_brings_an_output_back_on_at_its_initial_level(rig: Rig) -> None:
+def test_restore_brings_an_output_back_at_its_last_level(rig: Rig) -> None:
     c: OutputController = rig.open({"lamp": pwm(18, initial="restore", initial_level=70)})
     c.command("lamp", Command("on", level=20))
+    c.command("lamp", Command("on", level=35))  # a new level, still on: saved too
+    assert rig.controller is not None
+    assert json.loads(rig.state_path.read_text()) == {"lamp": 35.0}
     rig.reboot()
     rig.factory.pin_class = MockPWMPin
     c = rig.open({"lamp": pwm(18, initial="restore", initial_level=70)})
-    assert driven(rig.factory.pin(18)) == [pytest.approx(0.7)]
-    assert (c.state("lamp").reason, c.state("lamp").level) == ("restore", 70.0)  # type: ignore[union-attr]
+    assert driven(rig.factory.pin(18)) == [pytest.approx(0.35)]  # opened straight at it
+    assert (c.state("lamp").reason, c.state("lamp").level) == ("restore", 35.0)  # type: ignore[union-attr]
+
+
+def test_a_restored_level_is_kept_within_a_changed_band(rig: Rig) -> None:
+    c: OutputController = rig.open({"fan": pwm(18, initial="restore")})
+    c.command("fan", Command("on", level=20))
+    rig.reboot()
+    rig.factory.pin_class = MockPWMPin
+    c = rig.open({"fan": pwm(18, initial="restore", min_level=30)})  # the config changed
+    assert c.state("fan").level == 30.0  # type: ignore[union-attr]
+
+
+def test_an_output_saved_off_or_by_an_older_agent_restores_on_and_off(rig: Rig) -> None:
+    rig.state_path.write_text('{"lamp": true, "fan": false}')  # before levels were kept
+    c = rig.open(
+        {
+            "lamp": pwm(18, initial="restore", initial_level=70),
+            "fan": pwm(19, initial="restore"),
+        }
+    )
+    assert c.state("lamp").level == 70.0  # type: ignore[union-attr]
+    assert not c.state("fan").on  # type: ignore[union-attr]
 
 
 # -- options ---------------------------------------------------------------------------------
