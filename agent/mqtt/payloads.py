@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,10 +18,29 @@ from drivers.base import Quantity
 _encoder = msgspec.json.Encoder()
 
 
+#: The last whole second :func:`iso_ts` formatted, and its text up to the milliseconds:
+#: one tuple, replaced in one assignment, so threads sharing it never see a torn pair.
+_last_second: list[tuple[int, str]] = [(-1, "")]
+
+
 def iso_ts(unix_s: float) -> str:
-    """UTC ISO 8601 with milliseconds and ``Z``: ``2026-11-23T04:11:27.123Z``."""
-    moment = datetime.fromtimestamp(unix_s, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """UTC ISO 8601 with milliseconds and ``Z``: ``2026-11-23T04:11:27.123Z``.
+
+    The text of ``datetime.fromtimestamp(unix_s, UTC)`` cut to milliseconds (the fraction
+    rounded half-even to microseconds first, as ``datetime`` does), at a fifth of its cost:
+    every reading, state and event carries one, and consecutive ones mostly share their
+    second, whose text is kept.
+    """
+    whole = math.floor(unix_s)
+    micros = round((unix_s - whole) * 1e6)
+    if micros >= 1_000_000:
+        whole += 1
+        micros -= 1_000_000
+    cached = _last_second[0]
+    if cached[0] != whole:
+        cached = (whole, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole)))
+        _last_second[0] = cached
+    return f"{cached[1]}{micros // 1000:03d}Z"
 
 
 def parse_iso_ts(text: str) -> float:

@@ -224,7 +224,7 @@ class Outbox:
         self.counters["readings"] += 1
         message = QueuedMessage(
             topic=topic,
-            payload=replace(reading, replayed=False).encode(),
+            payload=(replace(reading, replayed=False) if reading.replayed else reading).encode(),
             qos=qos,
             sensor=reading.sensor,
             seq=reading.seq,
