@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agent import cli
@@ -32,6 +32,12 @@ def problems_of(text: str, tmp_path: Path, environ: dict[str, str] | None = None
     with pytest.raises(ConfigError) as info:
         parse_config(text, file="c.yaml", base_dir=tmp_path, environ=environ or {})
     return str(info.value)
+
+
+def stand_in(secret: str) -> str:
+    """A value of the secret's length and kind that no message's own wording contains:
+    a problem's text for it shows what the agent says whatever the value."""
+    return "1" * len(secret) if secret.isdigit() else "\u2603" * len(secret)
 
 
 def yaml_scalar(value: object) -> str:
@@ -53,6 +59,11 @@ def wrong_password_values(draw: st.DrawFn) -> tuple[str, str]:
 def test_a_wrong_password_value_is_never_echoed(case: tuple[str, str], tmp_path: Path) -> None:
     secret, value = case
     message = problems_of(f"mqtt:\n  password: {value}\n", tmp_path)
+    scalar = secret if secret.isdigit() else yaml_scalar(secret)
+    other = stand_in(secret)
+    other_scalar = other if other.isdigit() else yaml_scalar(other)
+    wording = problems_of(f"mqtt:\n  password: {value.replace(scalar, other_scalar)}\n", tmp_path)
+    assume(secret not in wording)  # the secret happens to be a part of the agent's own words
     assert "mqtt.password" in message
     assert secret not in message, message
 
@@ -86,6 +97,12 @@ def test_a_value_from_the_environment_is_never_echoed(
     try:
         parse_config(text, file="c.yaml", base_dir=tmp_path, environ={"SECRET": secret})
     except ConfigError as e:
+        try:
+            parse_config(
+                text, file="c.yaml", base_dir=tmp_path, environ={"SECRET": stand_in(secret)}
+            )
+        except ConfigError as same_problem:
+            assume(secret not in str(same_problem))  # a part of the agent's own words
         assert secret not in str(e), str(e)
 
 
