@@ -9,6 +9,11 @@ reinstalled to see it (``make venv``, or ``pip install -e .``).
 A package whose entry point fails to load, or yields something that is not a valid spec,
 is recorded in :data:`BROKEN` and reported once (:func:`problems`); everything else works.
 A name that a package shares with a built-in driver goes to the built-in, and is reported.
+
+Packages' drivers are imported at start, so that a broken one is reported then; a built-in
+driver's module only when it is first asked for (:func:`spec`, what loading a config does),
+so the daemon holds only the drivers its config names. :data:`DRIVERS`, :data:`ORIGINS`
+and :data:`BROKEN` import every built-in driver (``edge-agent drivers``, the JSON Schema).
 """
 
 from __future__ import annotations
@@ -101,11 +106,9 @@ def validate_spec(name: str, spec: object) -> str | None:
     return None
 
 
-def _load() -> tuple[dict[str, DriverSpec], dict[str, Origin], list[Broken], list[str]]:
-    drivers: dict[str, DriverSpec] = {}
-    origins: dict[str, Origin] = {}
-    broken: list[Broken] = []
-    notes: list[str] = []
+def _scan() -> None:
+    """Find every entry point; import the third parties' now (so that a broken package is
+    reported at start), the built-ins' only when first asked for (:func:`spec`)."""
     by_dist: dict[int, tuple[str, str]] = {}  # id(distribution) -> (name, version)
     found: list[tuple[Origin, importlib.metadata.EntryPoint]] = []
     for entry_point in importlib.metadata.entry_points(group=GROUP):
@@ -118,64 +121,123 @@ def _load() -> tuple[dict[str, DriverSpec], dict[str, Origin], list[Broken], lis
         )
     found.sort(key=lambda pair: (not pair[0].builtin, pair[1].name))  # built-ins first: they win
     seen: set[tuple[str, str]] = set()
+    holders: dict[str, Origin] = {}  # name -> where the driver of that name comes from
     for origin, entry_point in found:
         key = (entry_point.name, entry_point.value)
         if key in seen:  # one distribution found twice on sys.path
             continue
         seen.add(key)
-        if entry_point.name in drivers:
-            holder = origins[entry_point.name]
-            notes.append(
+        name = entry_point.name
+        if name in holders:
+            _notes.append(
                 f"package {origin.package} {origin.version} also provides driver "
-                f"{entry_point.name!r}; the one from {holder} is used"
+                f"{name!r}; the one from {holders[name]} is used"
             )
             continue
-        try:
-            spec = entry_point.load()
-        except Exception as e:  # a third party's import error must not stop the agent
-            broken.append(Broken(entry_point.name, origin, f"{type(e).__name__}: {e}"))
+        if origin.builtin:
+            _pending[name] = (entry_point, origin)
+        elif not _use(entry_point, origin):
             continue
-        problem = validate_spec(entry_point.name, spec)
-        if problem is not None:
-            broken.append(Broken(entry_point.name, origin, problem))
-            continue
-        assert isinstance(spec, DriverSpec)
-        drivers[entry_point.name] = spec
-        origins[entry_point.name] = origin
-    return drivers, origins, broken, notes
+        holders[name] = origin
+        _order.append(name)
 
 
+def _use(entry_point: importlib.metadata.EntryPoint, origin: Origin) -> bool:
+    """Import ``entry_point``'s spec into the registry, or record why it cannot be used."""
+    name = entry_point.name
+    try:
+        spec = entry_point.load()
+    except Exception as e:  # a third party's import error must not stop the agent
+        _broken[name] = Broken(name, origin, f"{type(e).__name__}: {e}")
+        return False
+    problem = validate_spec(name, spec)
+    if problem is not None:
+        _broken[name] = Broken(name, origin, problem)
+        return False
+    assert isinstance(spec, DriverSpec)
+    _drivers[name] = spec
+    _origins[name] = origin
+    return True
+
+
+_drivers: dict[str, DriverSpec] = {}
+_origins: dict[str, Origin] = {}
+_broken: dict[str, Broken] = {}
+_notes: list[str] = []
+#: Built-in drivers whose module is not imported yet.
+_pending: dict[str, tuple[importlib.metadata.EntryPoint, Origin]] = {}
+#: Driver names in the order they are listed: built-ins, then packages, each by name.
+_order: list[str] = []
+_scan()
+
+#: Every usable driver by name (importing every built-in driver's module: to look one up,
+#: use :func:`spec`).
 DRIVERS: dict[str, DriverSpec]
 #: Where each driver in :data:`DRIVERS` comes from.
 ORIGINS: dict[str, Origin]
 #: Entry points that could not be used, by driver name.
 BROKEN: dict[str, Broken]
-DRIVERS, ORIGINS, _broken, _notes = _load()
-BROKEN = {b.name: b for b in _broken}
+
+
+def __getattr__(name: str) -> object:
+    # DRIVERS, ORIGINS and BROKEN are complete only once every built-in is imported.
+    if name not in ("DRIVERS", "ORIGINS", "BROKEN"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    for pending in list(_pending):
+        spec(pending)
+    listed = [n for n in _order if n in _drivers]
+    tables = {
+        "DRIVERS": {n: _drivers[n] for n in listed},
+        "ORIGINS": {n: _origins[n] for n in listed},
+        "BROKEN": dict(_broken),
+    }
+    globals().update(tables)
+    return tables[name]
+
+
+def spec(name: str) -> DriverSpec | None:
+    """The driver called ``name``, its module imported on first use; ``None`` when there
+    is none or it cannot be used (then :data:`BROKEN` says why).
+
+    A config names a few of the built-in drivers; importing only those keeps the others'
+    modules (their option structs, emulators, compensation code) out of the daemon.
+    """
+    found = _drivers.get(name)
+    if found is None and name in _pending:
+        _use(*_pending.pop(name))
+        found = _drivers.get(name)
+    return found
 
 
 def problems() -> list[str]:
     """One sentence per broken package or name clash, to be reported once at start."""
-    return [str(b) for b in BROKEN.values()] + list(_notes)
+    return [str(b) for b in _broken.values()] + list(_notes)
+
+
+def _of_kind(kind: str) -> list[DriverSpec]:
+    drivers: dict[str, DriverSpec] = __getattr__("DRIVERS")  # type: ignore[assignment]
+    return [s for s in drivers.values() if s.kind == kind]
 
 
 def sensors() -> list[DriverSpec]:
-    return [s for s in DRIVERS.values() if s.kind == "sensor"]
+    return _of_kind("sensor")
 
 
 def outputs() -> list[DriverSpec]:
-    return [s for s in DRIVERS.values() if s.kind == "output"]
+    return _of_kind("output")
 
 
 def inputs() -> list[DriverSpec]:
-    return [s for s in DRIVERS.values() if s.kind == "input"]
+    return _of_kind("input")
 
 
 def spec_of(options: Options) -> DriverSpec:
     """The registry entry of a config entry."""
     tag = options.__struct_config__.tag
     assert isinstance(tag, str)
-    return DRIVERS[tag]
+    found = spec(tag)
+    assert found is not None, f"no driver {tag!r} for options of {type(options).__name__}"
+    return found
 
 
 def guarded_open(spec: DriverSpec, options: Options, hardware: Hardware) -> Driver:

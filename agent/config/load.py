@@ -18,7 +18,7 @@ from agent.config.validate import INVALID, Problems, convert, format_path
 from agent.config.yamlsource import KeyPath, Source, YAMLSyntaxError, parse
 from agent.errors import ConfigError, ConfigProblem
 from agent.filters.config import check_processing, processing_of
-from drivers.registry import DRIVERS
+from drivers.registry import spec_of
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
 #: The largest config file read. A real one is a few kilobytes; parsing is not free
@@ -221,7 +221,7 @@ def _check_references(config: Config, problems: Problems) -> None:
             elif other not in config.outputs:
                 problems.add(("outputs", name, "interlock", i), f"no output named {other!r}")
     for name, sensor in config.sensors.items():
-        spec = DRIVERS[sensor.__struct_config__.tag]  # type: ignore[index]
+        spec = spec_of(sensor)
         if sensor.interval < spec.min_interval_s:
             problems.add(
                 ("sensors", name, "interval"),
@@ -250,7 +250,7 @@ def _check_references(config: Config, problems: Problems) -> None:
             elif (source := config.sensors.get(linked)) is None:
                 problems.add(link_key, f"no sensor named {linked!r}")
             else:
-                source_spec = DRIVERS[source.__struct_config__.tag]  # type: ignore[index]
+                source_spec = spec_of(source)
                 if quantity not in source_spec.quantities_of(source):
                     problems.add(
                         link_key, f"sensor {linked!r} ({source_spec.name}) reports no {quantity}"

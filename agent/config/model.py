@@ -1,12 +1,14 @@
 """The config file's shape: typed, immutable, strict.
 
 Each driver's own options live beside the driver (``drivers/*.py``); here they are joined
-into tagged unions on ``driver:`` so the JSON Schema and validation cover them all.
+into tagged unions on ``driver:`` (:data:`DRIVER_UNIONS`) so the JSON Schema and validation
+cover them all. The union's members are looked up by tag: validating a config imports the
+modules of the drivers it names, not of every driver (see :func:`drivers.registry.spec`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import Annotated, Literal, Union
 
 import msgspec
 
@@ -35,18 +37,54 @@ SessionExpirySeconds = Annotated[
     ),
 ]
 
-if TYPE_CHECKING:
-    SensorConfig = SensorOptions
-    OutputConfig = OutputOptions
-    InputConfig = InputOptions
-else:
-    # Each driver's options, extended with the agent's per-sensor processing options
-    # (filters, derived, publish...; agent/filters/config.py).
-    SensorConfig = Union[  # noqa: UP007
-        tuple(with_processing(s.options, s.name) for s in registry.sensors()) or (SensorOptions,)
-    ]
-    OutputConfig = Union[tuple(s.options for s in registry.outputs()) or (OutputOptions,)]  # noqa: UP007
-    InputConfig = Union[tuple(s.options for s in registry.inputs()) or (InputOptions,)]  # noqa: UP007
+
+class DriverUnion:
+    """The tagged union of one kind's driver options, its members found by tag.
+
+    A sensor's member is the driver's options extended with the agent's per-sensor
+    processing options (filters, derived, publish...; agent/filters/config.py), made once
+    per driver so that equal configs have equal types.
+    """
+
+    def __init__(self, base: type[Options], kind: str) -> None:
+        self.base = base
+        self.kind = kind
+        self._members: dict[str, type[Options]] = {}
+
+    def member(self, tag: str) -> type[Options] | None:
+        """The options struct of driver ``tag`` if it is a driver of this kind."""
+        found = self._members.get(tag)
+        if found is None:
+            spec = registry.spec(tag)
+            if spec is None or spec.kind != self.kind:
+                return None
+            options = spec.options
+            if issubclass(options, SensorOptions):
+                options = with_processing(options, spec.name)
+            found = self._members[tag] = options
+        return found
+
+    def members(self) -> list[type[Options]]:
+        """Every driver's options struct (imports every driver's module)."""
+        kinds = {"sensor": registry.sensors, "output": registry.outputs, "input": registry.inputs}
+        found = [self.member(spec.name) for spec in kinds[self.kind]()]
+        return [m for m in found if m is not None] or [self.base]
+
+    def union(self) -> object:
+        """The ``Union`` of :meth:`members`, for the JSON Schema."""
+        return Union[tuple(self.members())]  # noqa: UP007
+
+
+# The declared types of Config.sensors/outputs/inputs are the bases; the config walker
+# (agent/config/validate.py) resolves them through these, the schema uses their union().
+SensorConfig = SensorOptions
+OutputConfig = OutputOptions
+InputConfig = InputOptions
+DRIVER_UNIONS: dict[type[Options], DriverUnion] = {
+    SensorOptions: DriverUnion(SensorOptions, "sensor"),
+    OutputOptions: DriverUnion(OutputOptions, "output"),
+    InputOptions: DriverUnion(InputOptions, "input"),
+}
 
 
 class TLSConfig(Options, frozen=True):

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import msgspec
 
 from agent.config.durations import parse_duration
+from agent.config.model import DRIVER_UNIONS, DriverUnion
 from agent.config.yamlsource import KeyPath
 from drivers import registry
 from drivers.base import OptionError
@@ -72,6 +73,8 @@ def convert(value: Any, tp: Any, path: KeyPath, problems: Problems) -> Any:
         return _leaf(_maybe_duration(value, tp, path, problems), tp, path, problems)
     if origin in (Union, types.UnionType):
         return _union(value, tp, path, problems)
+    if tp in DRIVER_UNIONS:
+        return _driver(value, DRIVER_UNIONS[tp], path, problems)
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         if tp.__struct_config__.tag_field is not None:
             return _tagged(value, [tp], path, problems)
@@ -156,6 +159,16 @@ def _union(value: Any, tp: Any, path: KeyPath, problems: Problems) -> Any:
     if structs and len(structs) == len(members):
         return _tagged(value, structs, path, problems)
     return _leaf(value, tp, path, problems)
+
+
+def _driver(value: Any, union: DriverUnion, path: KeyPath, problems: Problems) -> Any:
+    """A driver's options: the member its ``driver`` names, or, when that names none, the
+    problem as :func:`_tagged` words it for the whole union."""
+    tag = value.get(union.base.__struct_config__.tag_field) if isinstance(value, dict) else None
+    target = union.member(tag) if isinstance(tag, str) else None
+    if target is None:
+        return _tagged(value, union.members(), path, problems)
+    return _struct(value, target, path, problems)
 
 
 def _tagged(value: Any, structs: list[Any], path: KeyPath, problems: Problems) -> Any:

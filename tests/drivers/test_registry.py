@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from agent.config.load import load_config
+from agent.errors import ConfigError
 from drivers import registry
 from drivers.base import DriverSpec, SensorOptions
 from tests.support.mqtt import ROOT
@@ -69,3 +76,48 @@ def test_every_built_in_humidity_chip_says_its_humidity_shares_the_temperature_d
     for name, spec in registry.DRIVERS.items():
         if registry.ORIGINS[name].builtin and {"temperature", "humidity"} <= set(spec.quantities):
             assert spec.humidity_shares_die, f"{name} does not set humidity_shares_die"
+
+
+def imported_after(code: str) -> set[str]:
+    """The ``drivers.*`` modules a fresh interpreter has imported after running ``code``."""
+    script = (
+        f"import sys\n{code}\nprint(' '.join(m for m in sys.modules if m.startswith('drivers.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    return set(result.stdout.split())
+
+
+def test_loading_a_config_imports_only_the_drivers_it_names(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "sensors:\n  air: {driver: bme280}\noutputs:\n  pump: {driver: relay, pin: 5}\n"
+    )
+    loaded = imported_after(
+        "from pathlib import Path\nfrom agent.config.load import load_config\n"
+        f"load_config(Path({str(config)!r}))"
+    )
+    assert {"drivers.bme280", "drivers.gpio"} <= loaded
+    others = {target.split(":")[0] for target in declared().values()} - loaded
+    assert {"drivers.scd4x", "drivers.bme680", "drivers.pms5003", "drivers.ads1x15"} <= others
+
+
+def test_the_full_tables_import_every_built_in_driver() -> None:
+    modules = {target.split(":")[0] for target in declared().values()}
+    assert modules <= imported_after("from drivers.registry import DRIVERS")
+
+
+def test_spec_finds_a_driver_by_name_and_none_for_an_unknown_one() -> None:
+    assert registry.spec("bme280") is registry.DRIVERS["bme280"]
+    assert registry.spec("no_such_driver") is None
+
+
+def test_an_unknown_driver_is_named_with_every_known_one(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("sensors:\n  air: {driver: bme28}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    message = str(raised.value)
+    assert "unknown driver 'bme28' (did you mean `bme280`?)" in message
+    assert all(spec.name in message for spec in registry.sensors())
