@@ -99,6 +99,12 @@ class Reading:
     #: The ``seq`` counters' epoch (see :class:`agent.buffer.store.SequenceStore`); None
     #: for counters that are not kept (``edge-agent read``).
     epoch: int | None = None
+    #: False when ``ts`` came from a clock that was not synchronised (CONTRACT 14): the
+    #: payload then says ``"clock_synced": false``, also after a re-stamp at sync.
+    clock_synced: bool = True
+    #: The monotonic time of the sample (:mod:`agent.clock`), not published: the buffer
+    #: measures ages on it, and re-stamps ``ts`` from it at sync. None: not known.
+    mono: float | None = None
 
     def encode(self) -> bytes:
         """The JSON payload of CONTRACT section 5."""
@@ -110,6 +116,8 @@ class Reading:
         if self.epoch is not None:
             body["epoch"] = self.epoch
         body["values"] = self.values
+        if not self.clock_synced:
+            body["clock_synced"] = False
         if self.replayed:
             body["replayed"] = True
         return _encoder.encode(body)

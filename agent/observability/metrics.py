@@ -82,6 +82,11 @@ class _AgentCollector(Collector):
         ):
             yield CounterMetricFamily(f"edge_agent_{key}", help_text, s.outbox.get(key, 0))
         yield CounterMetricFamily("edge_agent_events", "Events reported", s.events)
+        yield GaugeMetricFamily(
+            "edge_agent_clock_synced",
+            "1 while the system clock is synchronised (the kernel's adjtimex state)",
+            int(s.clock_synced),
+        )
         storage = GaugeMetricFamily(
             "edge_agent_storage_ok", "1 while the buffer's disk takes writes", labels=["reason"]
         )

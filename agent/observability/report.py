@@ -13,6 +13,7 @@ from agent.mqtt.payloads import iso_ts
 if TYPE_CHECKING:
     from agent.actuation.inputs import InputWatcher
     from agent.actuation.outputs import OutputController
+    from agent.clock import ClockSource
     from agent.commands.handler import CommandHandler
     from agent.config.model import Config
     from agent.mqtt.transport import Transport
@@ -58,6 +59,26 @@ class AgentState(Protocol):
     def transport(self) -> Transport | None: ...
     @property
     def sampling_running(self) -> bool: ...
+    @property
+    def clock_synced(self) -> bool: ...
+    @property
+    def clock(self) -> ClockSource: ...
+    @property
+    def started_mono(self) -> float: ...
+    @property
+    def disconnected_mono(self) -> float | None: ...
+
+
+def uptime_s(agent: AgentState) -> float:
+    """Seconds since start, on the monotonic clock (a step of the wall clock at NTP sync
+    does not make the agent four years old)."""
+    return max(agent.clock.monotonic() - agent.started_mono, 0.0)
+
+
+def offline_s(agent: AgentState) -> float:
+    """Seconds since the last disconnect (or the start), on the monotonic clock."""
+    since = agent.disconnected_mono
+    return max(agent.clock.monotonic() - (since if since is not None else agent.started_mono), 0)
 
 
 @dataclass
@@ -92,6 +113,8 @@ class Snapshot:
     #: The buffer's storage fault reason, or None while it is durable.
     storage_fault: str | None = None
     memory_depth: int = 0
+    #: Whether the system clock is synchronised (CONTRACT 14).
+    clock_synced: bool = True
 
 
 def storage_state(agent: AgentState) -> dict[str, Any]:
@@ -118,13 +141,14 @@ def health_payload(agent: AgentState) -> dict[str, Any]:
     oldest = outbox.oldest_queued_ts() if outbox is not None else None
     return {
         "ts": iso_ts(now),
-        "uptime_s": round(now - agent.started_at, 3),
+        "uptime_s": round(uptime_s(agent), 3),
         "connected_since": iso_ts(agent.connected_since) if agent.connected_since else None,
         "queue_depth": outbox.queue_depth() if outbox is not None else 0,
         "oldest_queued_age_s": round(max(now - oldest, 0.0), 3) if oldest else None,
         "counters": {**agent.counters, **(outbox.counters if outbox is not None else {})},
         "sensors_failed": failed_sensors(agent),
         "storage": storage_state(agent),
+        "clock_synced": agent.clock_synced,
         "last_error": agent.last_error,
     }
 
@@ -147,7 +171,7 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
     reasons: list[str] = []
     connected = agent.transport is not None and agent.transport.connected
     if not connected:
-        offline_for = now - (agent.disconnected_at or agent.started_at)
+        offline_for = offline_s(agent)
         if offline_for > config.health.max_offline:
             reasons.append(
                 f"broker {config.mqtt.host}:{config.mqtt.effective_port} unreachable for "
@@ -187,10 +211,10 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
         "broker": f"{config.mqtt.host}:{config.mqtt.effective_port}",
         "connected": connected,
         "connected_since": iso_ts(agent.connected_since) if agent.connected_since else None,
-        "uptime_s": round(now - agent.started_at, 1),
+        "uptime_s": round(uptime_s(agent), 1),
         "queue_depth": depth,
         "oldest_queued_age_s": round(now - oldest, 1) if oldest else None,
-        "sensors": sensor_states(agent, now),
+        "sensors": sensor_states(agent),
         "outputs": output_states(agent),
         "inputs": {
             name: {"state": "on" if state.on else "off", "ts": iso_ts(state.ts)}
@@ -198,18 +222,24 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
         },
         "storage": storage,
         "session_taken_over": transport is not None and transport.takeover.active,
+        "clock_synced": agent.clock_synced,
         "last_error": agent.last_error,
     }
     return not reasons, body
 
 
-def sensor_states(agent: AgentState, now: float) -> dict[str, Any]:
+def sensor_states(agent: AgentState) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    wall, mono = agent.clock.wall(), agent.clock.monotonic()
     for slot in agent.scheduler.slots if agent.scheduler else []:
+        if slot.last_mono is not None:
+            age: float | None = mono - slot.last_mono
+        else:
+            age = wall - slot.last_ts if slot.last_ts else None
         out[slot.name] = {
             "ok": not slot.failed,
             "values": slot.last_values,
-            "age_s": round(now - slot.last_ts, 1) if slot.last_ts else None,
+            "age_s": round(age, 1) if age is not None else None,
             "interval_s": slot.options.interval,
             "error": slot.last_error,
         }
@@ -256,7 +286,7 @@ def snapshot(agent: AgentState) -> Snapshot:
     return Snapshot(
         device_id=agent.device_id,
         version=__version__,
-        uptime_s=now - agent.started_at,
+        uptime_s=uptime_s(agent),
         connected=agent.transport is not None and agent.transport.connected,
         connects=agent.counters["connects"],
         reconnects=agent.counters["reconnects"],
@@ -276,4 +306,5 @@ def snapshot(agent: AgentState) -> Snapshot:
         latency_sum=commands.latency.sum if commands else 0.0,
         storage_fault=outbox.store.fault.reason if outbox and outbox.store.fault else None,
         memory_depth=outbox.store.memory_depth() if outbox is not None else 0,
+        clock_synced=agent.clock_synced,
     )

@@ -119,6 +119,7 @@ def from_broker(config: Config, timeout: float = 2.0) -> DeviceView:
         "oldest_queued_age_s": health.get("oldest_queued_age_s"),
         "uptime_s": health.get("uptime_s"),
         "health_ts": health.get("ts"),
+        "clock_synced": health.get("clock_synced", info.get("clock_synced")),
     }
     view.last_error = health.get("last_error")
     failed = set(health.get("sensors_failed", []))
@@ -162,6 +163,13 @@ def render(view: DeviceView, now: float | None = None) -> str:
         lines += [f"  - {reason}" for reason in view.reasons]
     if h.get("uptime_s") is not None:
         lines.append(f"uptime: {_duration(float(h['uptime_s']))}")
+    synced = h.get("clock_synced")
+    if synced is not None:
+        lines.append(
+            "clock: synchronised"
+            if synced
+            else "clock: NOT synchronised (readings carry clock_synced: false)"
+        )
     depth = h.get("queue_depth")
     if depth is not None:
         oldest = h.get("oldest_queued_age_s")

@@ -20,6 +20,7 @@ from agent.actuation.outputs import OutputController, OutputState
 from agent.actuation.statefile import OutputStateFile
 from agent.buffer.fallback import RETRY_S, Buffer
 from agent.buffer.store import MessageStore, StorageError, diagnose
+from agent.clock import ClockSource, clock_from_env
 from agent.commands.handler import CommandAuth, CommandHandler, Reply
 from agent.commands.seen import SeenCommands
 from agent.config.digest import config_digest, digest_key
@@ -55,6 +56,8 @@ DRAIN_ON_STOP_S = 1.0
 RELOAD_MIN_INTERVAL_S = 1.0
 #: How often systemd's STATUS= line is refreshed (sent only when it changed).
 STATUS_EVERY_S = 5.0
+#: How often the kernel's clock sync state is read (one adjtimex call).
+CLOCK_POLL_S = 1.0
 
 
 def private_dir(directory: Path) -> None:
@@ -180,10 +183,17 @@ class Agent(TransportEvents):
         loaded: the validated config.
         simulate: run on emulated hardware (also ``simulate: true`` in the config).
         notifier: tells systemd about readiness, status, reloads and health.
+        clock: the time and whether it is synchronised; default: the system's
+            (:func:`agent.clock.clock_from_env`).
     """
 
     def __init__(
-        self, loaded: LoadedConfig, *, simulate: bool = False, notifier: Notifier | None = None
+        self,
+        loaded: LoadedConfig,
+        *,
+        simulate: bool = False,
+        notifier: Notifier | None = None,
+        clock: ClockSource | None = None,
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
@@ -192,7 +202,13 @@ class Agent(TransportEvents):
         self.topics = Topics.for_device(self.config.mqtt.topic_prefix, self.device_id)
         self.simulate = simulate or self.config.simulate
         self.notifier = notifier or Notifier({})
-        self.started_at = time.time()
+        self.clock = clock if clock is not None else clock_from_env()
+        #: The sync state as last read (:meth:`_watch_clock` keeps it current).
+        self.clock_synced = self.clock.synced()
+        self.started_at = self.clock.wall()
+        #: Monotonic start and disconnect times: uptime and time offline survive a step.
+        self.started_mono = self.clock.monotonic()
+        self.disconnected_mono: float | None = None
         self.connected_since: float | None = None
         self.counters: dict[str, int] = {
             "read_errors": 0,
@@ -295,6 +311,7 @@ class Agent(TransportEvents):
         self._background(self._publish_health(), "health")
         self._background(outbox.run(), "replay")
         self._background(self._keep_status(), "status")
+        self._background(self._watch_clock(), "clock")
         self._background(self.notifier.run_watchdog(self._healthy), "watchdog")
         mqtt = self.config.mqtt
         log.info(
@@ -462,6 +479,7 @@ class Agent(TransportEvents):
             emit=self._publish_reading,
             report=self.report,
             sequence=self._outbox.store.sequences,
+            time_source=self.clock,
         )
         self._sampling = asyncio.create_task(self.scheduler.run(), name="scheduler")
         self._sampling.add_done_callback(self._task_done)
@@ -506,6 +524,43 @@ class Agent(TransportEvents):
             sensors_failed=failed,
             queue_depth=self._outbox.queue_depth() if self._outbox is not None else 0,
         )
+
+    async def _watch_clock(self) -> None:
+        """Follow the kernel's clock sync state; say when it changes (CONTRACT 14)."""
+        if not self.clock_synced:
+            log.warning(
+                "the system clock is not synchronised: readings carry clock_synced false"
+                " until it is, and are re-stamped then"
+            )
+        while True:
+            await asyncio.sleep(CLOCK_POLL_S)
+            synced = self.clock.synced()
+            if synced != self.clock_synced:
+                self.clock_changed(synced)
+
+    def clock_changed(self, synced: bool) -> None:
+        """The clock became synchronised (``synced``) or lost its synchronisation."""
+        self.clock_synced = synced
+        if synced:
+            self.report(
+                Event(
+                    "clock_synced",
+                    "the system clock is synchronised; readings are stamped with it again",
+                    fields={"clock_synced": True},
+                )
+            )
+        else:
+            self.report(
+                Event(
+                    "clock_unsynced",
+                    "the system clock lost its synchronisation; readings carry"
+                    " clock_synced false until it is back",
+                    level="warning",
+                    fields={"clock_synced": False},
+                )
+            )
+        if self._transport is not None:
+            self._publish(self.topics.info, encode_json(self.info()), qos=1, retain=True)
 
     async def _keep_status(self) -> None:
         """Refresh systemd's status line (the queue depth moves while disconnected)."""
@@ -697,6 +752,7 @@ class Agent(TransportEvents):
     def disconnected(self, reason: str) -> None:
         self.connected_since = None
         self.disconnected_at = time.time()
+        self.disconnected_mono = self.clock.monotonic()
         if self._stopping:
             log.info("disconnected from the broker")
         else:
@@ -825,6 +881,7 @@ class Agent(TransportEvents):
             "started_at": iso_ts(self.started_at),
             "config_sha256": self.config_sha256,
             "simulated": self.simulate,
+            "clock_synced": self.clock_synced,
             "sensors": sensors,
             "outputs": {n: {"driver": spec_of(o).name} for n, o in self.config.outputs.items()},
             "inputs": {n: {"driver": spec_of(o).name} for n, o in self.config.inputs.items()},

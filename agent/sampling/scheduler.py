@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.clock import ClockSource, stamp
 from agent.events import Event, EventSink, RateLimiter
 from agent.filters.chain import SensorChain
 from agent.mqtt.payloads import Reading
@@ -84,6 +85,8 @@ class SensorSlot:
     last_error: str | None = None
     last_values: dict[str, float] = field(default_factory=dict)
     last_ts: float | None = None
+    #: The monotonic time of the last reading (None: not known), for its age.
+    last_mono: float | None = None
     #: Failed reads by error type (``BusError``, ``MeasurementTimeout``...).
     error_kinds: Counter[str] = field(default_factory=Counter)
     #: When a failed sensor is tried next (monotonic seconds).
@@ -112,6 +115,9 @@ class Scheduler:
         report: receives events (sensor failed/recovered, read errors, rate-limited).
         sequence: hands out ``seq`` numbers.
         failed_retry_s: how often a failed sensor is tried again.
+        clock: monotonic seconds, for the schedule.
+        time_source: stamps the readings (wall time, monotonic time, and whether the wall
+            clock is synchronised); None: the system's wall clock, trusted.
     """
 
     def __init__(
@@ -123,6 +129,7 @@ class Scheduler:
         sequence: SequenceSource,
         failed_retry_s: float = FAILED_RETRY_S,
         clock: Callable[[], float] = time.monotonic,
+        time_source: ClockSource | None = None,
     ) -> None:
         self.slots = slots
         self.failed_retry_s = failed_retry_s
@@ -130,6 +137,7 @@ class Scheduler:
         self._report = report
         self._sequence = sequence
         self._clock = clock
+        self._time_source = time_source
         self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self._limiter = RateLimiter(60.0)
         self._links = _links(slots)
@@ -197,7 +205,12 @@ class Scheduler:
             await self._sample_once(slot, due=due, deadline=due + interval * 0.9)
 
     async def _sample_once(self, slot: SensorSlot, *, due: float, deadline: float) -> None:
-        ts = time.time()
+        source = self._time_source
+        if source is None:
+            ts, mono, synced = time.time(), None, True
+        else:
+            now = stamp(source)
+            ts, mono, synced = now.wall, now.mono, now.synced
         delay = 0.1
         while True:
             try:
@@ -212,7 +225,7 @@ class Scheduler:
             except PermanentError as e:
                 self._failure(slot, e, permanent=True)
                 return
-            self._success(slot, ts, values, due=due)
+            self._success(slot, ts, values, due=due, mono=mono, synced=synced)
             return
 
     async def _read(self, slot: SensorSlot) -> dict[str, float]:
@@ -244,13 +257,23 @@ class Scheduler:
             if value is not None and not source.failed:
                 driver.receive(quantity, value)
 
-    def _success(self, slot: SensorSlot, ts: float, raw: dict[str, float], *, due: float) -> None:
+    def _success(
+        self,
+        slot: SensorSlot,
+        ts: float,
+        raw: dict[str, float],
+        *,
+        due: float,
+        mono: float | None = None,
+        synced: bool = True,
+    ) -> None:
         # The chain is given the due time, not the clock: throttles and heartbeats then
         # count whole intervals, whatever the jitter of the read.
         sample = slot.chain.process(raw, due)
         slot.consecutive_failures = 0
         slot.last_values = {**slot.last_values, **sample.filtered}
         slot.last_ts = ts
+        slot.last_mono = mono
         if slot.failed:
             slot.failed = False
             self._report(
@@ -271,6 +294,8 @@ class Scheduler:
             seq=seq,
             values=sample.published,
             epoch=self._sequence.epoch,
+            clock_synced=synced,
+            mono=mono,
         )
         self._emit(reading, slot)
 

@@ -61,6 +61,24 @@ def test_replayed_payload_is_the_reading_encoded_as_replayed() -> None:
     )
 
 
+def test_a_reading_from_an_unsynchronised_clock_says_so_before_replayed() -> None:
+    flagged = Reading(
+        sensor="air", ts=1_654_041_600.0, seq=1, values={"t": 1.0}, clock_synced=False
+    )
+    assert json.loads(flagged.encode())["clock_synced"] is False
+    assert list(json.loads(replayed_payload(flagged.encode()))) == [
+        "sensor",
+        "ts",
+        "seq",
+        "values",
+        "clock_synced",
+        "replayed",
+    ]
+    # A synchronised clock adds nothing, and the monotonic stamp is never published.
+    plain = Reading(sensor="air", ts=1_800_000_000.0, seq=1, values={"t": 1.0}, mono=12.5)
+    assert list(json.loads(plain.encode())) == ["sensor", "ts", "seq", "values"]
+
+
 def test_offline_mode_writes_nothing_while_acknowledged(store: MessageStore) -> None:
     outbox, sender, _ = make(store)
     outbox.connected()
