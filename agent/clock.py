@@ -19,7 +19,6 @@ control file (:data:`CLOCK_FILE_ENV`).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import json
 import logging
@@ -98,7 +97,9 @@ class _Timex(ctypes.Structure):
 @functools.cache
 def _adjtimex() -> Callable[[Any], int]:
     """glibc's ``adjtimex``, looked up once."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    # The process's own symbols, libc's among them: no ctypes.util.find_library, which
+    # runs ldconfig (tens of milliseconds at every start).
+    libc = ctypes.CDLL(None, use_errno=True)
     try:
         function = libc.adjtimex
     except AttributeError as e:
@@ -176,8 +177,14 @@ class ClockSource(Protocol):
 
 
 def stamp(clock: ClockSource) -> Stamp:
-    """Read ``clock``'s wall and monotonic time and sync state together."""
-    return Stamp(wall=clock.wall(), mono=clock.monotonic(), synced=clock.synced())
+    """Read ``clock``'s wall and monotonic time and sync state together.
+
+    The sync state is read first: should the clock be stepped at its sync between the
+    reads, the stamp is then flagged and good (re-stamped later, harmlessly), never a
+    wall time from before the step that claims to be synchronised.
+    """
+    synced = clock.synced()
+    return Stamp(wall=clock.wall(), mono=clock.monotonic(), synced=synced)
 
 
 class SystemClock:

@@ -30,8 +30,11 @@ from agent.buffer.store import (
     QueuedMessage,
     SequenceStore,
     StorageError,
+    message_age,
     new_epoch,
+    restamp_message,
 )
+from agent.clock import ClockSource, Stamp
 
 __all__ = ["MEMORY_IDS", "RETRY_S", "Buffer", "StorageFault", "VolatileSequences"]
 
@@ -86,6 +89,8 @@ class Buffer:
         reopen: Opens the store again, for a buffer that started without one.
         fault: Why ``disk`` is None.
         clock: Unix seconds, injectable for tests.
+        time_source: The clocks ages are measured on (as the store's, see
+            :class:`~agent.buffer.store.MessageStore`); None: the wall ``clock`` alone.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class Buffer:
         reopen: Callable[[], MessageStore] | None = None,
         fault: StorageError | None = None,
         clock: Callable[[], float] = time.time,
+        time_source: ClockSource | None = None,
     ) -> None:
         if disk is None and (path is None or max_messages is None or max_age_s is None):
             raise ValueError("a buffer without a store needs its path and limits")
@@ -113,7 +119,8 @@ class Buffer:
         #: Called with the new fault, or None when the disk works again.
         self.on_fault: Callable[[StorageFault | None], None] | None = None
         self._reopen = reopen
-        self._clock = clock
+        self._clock = clock if time_source is None else time_source.wall
+        self._time = time_source
         self._memory: dict[int, QueuedMessage] = {}
         self._next_memory_id = MEMORY_IDS
         self._undeleted: set[int] = set()  # store rows acknowledged but not yet deleted
@@ -184,8 +191,8 @@ class Buffer:
             except StorageError as exc:
                 self._fail(exc)
         assert self.max_age_s is not None
-        horizon = self._clock() - self.max_age_s
-        expired = [i for i, m in self._memory.items() if m.ts < horizon]
+        max_age_s = self.max_age_s
+        expired = [i for i, m in self._memory.items() if self._age(m) > max_age_s]
         for i in expired:
             del self._memory[i]
         if expired:
@@ -211,6 +218,43 @@ class Buffer:
     def memory_depth(self) -> int:
         """Messages waiting in memory for the disk."""
         return len(self._memory)
+
+    def _age(self, message: QueuedMessage) -> float:
+        return message_age(message, self._time, self._clock())
+
+    def oldest_age(self) -> float | None:
+        """The age of the oldest message queued (as ``max_age`` measures it), or None."""
+        ages = [self._age(m) for m in self._memory.values()]
+        if self.disk is not None:
+            try:
+                stored = self.disk.oldest_age()
+            except StorageError as exc:
+                self._fail(exc)
+                stored = None
+            if stored is not None:
+                ages.append(stored)
+        return max(ages, default=None)
+
+    def clock_changed(self) -> None:
+        """The clock's sync state changed (see :meth:`MessageStore.clock_changed`)."""
+        if self.disk is not None:
+            self.disk.clock_changed()
+
+    def restamp(self, sync: Stamp, rewrite: Callable[[bytes, float], bytes]) -> int:
+        """Re-stamp this boot's readings from an unsynchronised clock, in memory and on
+        disk (see :meth:`MessageStore.restamp`); how many."""
+        done = 0
+        for mid, m in list(self._memory.items()):
+            restamped = restamp_message(m, sync, rewrite, self._time)
+            if restamped is not m:
+                self._memory[mid] = restamped
+                done += 1
+        if self.fault is None and self.disk is not None:
+            try:
+                done += self.disk.restamp(sync, rewrite)
+            except StorageError as exc:
+                self._fail(exc)
+        return done
 
     def oldest_ts(self) -> float | None:
         """The oldest sample time queued, or None."""
@@ -289,7 +333,8 @@ class Buffer:
         for m in messages:
             mid = self._next_memory_id
             self._next_memory_id += 1
-            self._memory[mid] = replace(m, id=mid)
+            boot = self._time.boot_id if self._time is not None and m.mono is not None else ""
+            self._memory[mid] = replace(m, id=mid, boot=m.boot or boot)
             ids.append(mid)
         excess = len(self._memory) - self.memory_max_messages
         if excess > 0:

@@ -14,17 +14,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Final, NoReturn, Self
 
+from agent.clock import ClockSource, Stamp
 from agent.errors import AgentError
 
 __all__ = [
@@ -38,7 +40,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The ``PRAGMA user_version`` this code writes and understands."""
 
 # One entry per schema version: _MIGRATIONS[n] takes a database from version n to n + 1.
@@ -66,6 +68,14 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         key   TEXT    PRIMARY KEY,
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
+    """,
+    # v3: ages on the monotonic clock (CONTRACT 14). mono: the sample's monotonic time in
+    # the boot named by boot (NULL: not known, aged by ts); synced: ts is from a
+    # synchronised clock, or was re-stamped from mono at the sync.
+    """
+    ALTER TABLE messages ADD COLUMN mono REAL;
+    ALTER TABLE messages ADD COLUMN synced INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE messages ADD COLUMN boot TEXT NOT NULL DEFAULT '';
     """,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
@@ -99,6 +109,44 @@ _ERRNO_REASONS: Final = {
     errno.EEXIST: "not a directory",
     errno.EISDIR: "is a directory",
 }
+
+
+def message_age(message: QueuedMessage, source: ClockSource | None, wall: float) -> float:
+    """``message``'s age in seconds, by the rules of :class:`MessageStore` (the same as
+    its ``_AGE_SQL``), for messages held in memory; ``wall`` is the wall clock now."""
+    if source is None or message.mono is None:
+        return wall - message.ts
+    mono = source.monotonic()
+    if message.boot == source.boot_id:
+        return mono - message.mono
+    if message.synced and source.synced():
+        return max(wall - message.ts, mono)
+    return mono
+
+
+def restamp_message(
+    message: QueuedMessage,
+    sync: Stamp,
+    rewrite: Callable[[bytes, float], bytes],
+    source: ClockSource | None,
+) -> QueuedMessage:
+    """``message`` re-stamped at ``sync`` as :meth:`MessageStore.restamp` does, or
+    ``message`` itself when it is not to be (synchronised, of another boot, not a
+    reading, or no clock to tell)."""
+    if (
+        source is None
+        or message.synced
+        or message.mono is None
+        or not message.sensor
+        or (message.boot or source.boot_id) != source.boot_id
+    ):
+        return message
+    ts = sync.wall - (sync.mono - message.mono)
+    try:
+        payload = rewrite(message.payload, ts)
+    except ValueError:
+        return message
+    return replace(message, ts=ts, payload=payload, synced=True, boot=source.boot_id)
 
 
 def new_epoch(previous: int = 0) -> int:
@@ -198,9 +246,14 @@ class QueuedMessage:
         qos: The MQTT QoS to publish with.
         sensor: The sensor's name, or ``""`` for a message that is not a reading.
         seq: The reading's ``seq``, or 0 for a message that has none.
-        ts: The sample time in unix seconds; ``max_age`` is measured from it.
+        ts: The sample time in unix seconds.
         id: The row id, assigned by :meth:`MessageStore.put`; 0 before that. Ids grow with
             insertion order and are never reused.
+        mono: The sample's monotonic time (:mod:`agent.clock`), from which ``max_age`` is
+            measured within its boot; None: not known, ``max_age`` counts from ``ts``.
+        synced: Whether ``ts`` came from a synchronised clock (or was re-stamped at the
+            sync); a reading's ``"clock_synced": false`` is in its payload regardless.
+        boot: The boot ``mono`` belongs to; set by :meth:`MessageStore.put`.
     """
 
     topic: str
@@ -210,6 +263,9 @@ class QueuedMessage:
     seq: int
     ts: float
     id: int = 0
+    mono: float | None = None
+    synced: bool = True
+    boot: str = ""
 
 
 class MessageStore:
@@ -229,9 +285,18 @@ class MessageStore:
     do: :meth:`enforce_limits` on a store within its limits only reads.
 
     Limits: after every ``put`` (in the same transaction) and on :meth:`enforce_limits`,
-    messages whose ``ts`` is older than ``max_age_s`` are dropped, then the oldest by
-    insertion order until at most ``max_messages`` remain. :meth:`pop_dropped` reports how
-    many went, for the "buffer dropping" event.
+    messages older than ``max_age_s`` are dropped, then the oldest by insertion order
+    until at most ``max_messages`` remain. :meth:`pop_dropped` reports how many went, for
+    the "buffer dropping" event.
+
+    Age (CONTRACT 14): with a ``time_source``, a message's age is measured on the
+    monotonic clock, so a step of the wall clock (NTP's first sync after a boot in 2022,
+    or a person's ``date -s``) neither expires nor keeps anything wrongly. A message from
+    an earlier boot (the monotonic clock restarted) is as old as its ``ts`` says when both
+    it and the clock now are synchronised, and otherwise at least as old as this boot's
+    uptime: it is kept until the current boot has run for ``max_age_s``. Without a
+    ``time_source`` (and for messages without a monotonic stamp) the age is the wall
+    clock's ``now - ts``.
 
     Recovery: a file that is not a usable database at open (garbage, a corrupt page, or a
     schema newer than this code) is renamed to ``<name>.corrupt-<UTC time>`` (or
@@ -273,15 +338,19 @@ class MessageStore:
         max_age_s: float = 7 * 86400,
         clock: Callable[[], float] = time.time,
         seq_block: int = 1000,
+        time_source: ClockSource | None = None,
     ) -> None:
         """Open (creating or migrating if needed) the store at ``path``.
 
         Args:
             path: The database file; its directory is created if missing.
             max_messages: The most messages kept; the oldest beyond it are dropped.
-            max_age_s: Messages whose sample time is older than this are dropped.
-            clock: Returns the current unix time; injectable for tests.
+            max_age_s: Messages older than this are dropped.
+            clock: Returns the current unix time; injectable for tests (used for ages
+                only without a ``time_source``).
             seq_block: How many ``seq`` values :attr:`sequences` reserves per disk write.
+            time_source: The clocks that ages are measured on (see the class docstring);
+                None: the wall ``clock`` alone.
 
         Raises:
             ValueError: A limit or ``seq_block`` is not positive.
@@ -299,7 +368,10 @@ class MessageStore:
         self.max_messages = max_messages
         self.max_age_s = max_age_s
         self.recovered_from: Path | None = None
-        self._clock = clock
+        self._clock = clock if time_source is None else time_source.wall
+        self._time = time_source
+        #: Until this monotonic time no message can expire (see _expire_locked).
+        self._expiry_due = -math.inf
         self._lock = threading.RLock()
         self._dropped = 0
         #: Why the file was moved aside at open (``corrupt``, ``schema-vN``), else None.
@@ -469,16 +541,27 @@ class MessageStore:
             return []
         ids: list[int] = []
         with self._transaction() as conn:
+            boot = self._time.boot_id if self._time is not None else ""
             for m in messages:
                 cursor = conn.execute(
-                    "INSERT INTO messages (topic, payload, qos, sensor, seq, ts)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (m.topic, m.payload, m.qos, m.sensor, m.seq, m.ts),
+                    "INSERT INTO messages (topic, payload, qos, sensor, seq, ts, mono, synced,"
+                    " boot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        m.topic,
+                        m.payload,
+                        m.qos,
+                        m.sensor,
+                        m.seq,
+                        m.ts,
+                        m.mono,
+                        int(m.synced),
+                        (m.boot or boot) if m.mono is not None else "",
+                    ),
                 )
                 assert cursor.lastrowid is not None
                 ids.append(cursor.lastrowid)
             self._depth += len(ids)
-            self._enforce_limits_locked(conn)
+            self._enforce_limits_locked(conn, batch=messages)
         return ids
 
     def take(self, limit: int, *, after_id: int = 0) -> list[QueuedMessage]:
@@ -495,13 +578,27 @@ class MessageStore:
             self._check_open()
             try:
                 rows = self._conn.execute(
-                    "SELECT topic, payload, qos, sensor, seq, ts, id FROM messages"
-                    " WHERE id > ? ORDER BY id LIMIT ?",
+                    "SELECT topic, payload, qos, sensor, seq, ts, id, mono, synced, boot"
+                    " FROM messages WHERE id > ? ORDER BY id LIMIT ?",
                     (after_id, max(limit, 0)),
                 ).fetchall()
             except sqlite3.Error as exc:
                 _raise_storage(exc, self.path)
-        return [QueuedMessage(*row) for row in rows]
+        return [
+            QueuedMessage(
+                topic=topic,
+                payload=payload,
+                qos=qos,
+                sensor=sensor,
+                seq=seq,
+                ts=ts,
+                id=row_id,
+                mono=mono,
+                synced=bool(synced),
+                boot=boot,
+            )
+            for topic, payload, qos, sensor, seq, ts, row_id, mono, synced, boot in rows
+        ]
 
     def delete(self, ids: Iterable[int]) -> None:
         """Remove delivered messages (after PUBACK); unknown ids are ignored.
@@ -539,12 +636,40 @@ class MessageStore:
     def _over_limits(self) -> bool:
         if self._depth > self.max_messages:
             return True
-        oldest = self._oldest_ts_locked()
-        return oldest is not None and oldest < self._clock() - self.max_age_s
+        oldest = self._oldest_age_locked()
+        return oldest is not None and oldest > self.max_age_s
 
-    def _enforce_limits_locked(self, conn: sqlite3.Connection) -> int:
+    # A row's age (see the class docstring), in SQL: the same expression for expiry and
+    # for the oldest age, so that the two never disagree. Parameters: wall, mono and boot
+    # now, whether the clock is synchronised now.
+    _AGE_SQL: Final = """
+        CASE
+            WHEN mono IS NULL THEN :wall - ts
+            WHEN boot = :boot THEN :mono - mono
+            WHEN synced AND :synced THEN MAX(:wall - ts, :mono)
+            ELSE :mono
+        END
+    """
+
+    def _age_params(self) -> dict[str, float | int | str]:
+        source = self._time
+        if source is None:
+            return {"wall": self._clock(), "mono": 0.0, "boot": "", "synced": 1}
+        return {
+            "wall": source.wall(),
+            "mono": source.monotonic(),
+            "boot": source.boot_id,
+            "synced": int(source.synced()),
+        }
+
+    def _enforce_limits_locked(
+        self, conn: sqlite3.Connection, *, batch: Sequence[QueuedMessage] | None = None
+    ) -> int:
         before = conn.total_changes
-        conn.execute("DELETE FROM messages WHERE ts < ?", (self._clock() - self.max_age_s,))
+        if self._time is None:
+            conn.execute("DELETE FROM messages WHERE ts < ?", (self._clock() - self.max_age_s,))
+        else:
+            self._expire_locked(conn, batch)
         expired = conn.total_changes - before
         self._depth -= expired
         excess = max(self._depth - self.max_messages, 0)
@@ -559,6 +684,79 @@ class MessageStore:
         dropped = expired + excess
         self._dropped += dropped
         return dropped
+
+    def _expire_locked(
+        self, conn: sqlite3.Connection, batch: Sequence[QueuedMessage] | None
+    ) -> None:
+        """Delete what is older than ``max_age_s`` by the ages of the class docstring.
+
+        The ages are not indexed, so this scans the table; after a ``put`` it runs only
+        when something may have expired since the last scan (:attr:`_expiry_due`, on the
+        monotonic clock) or the batch itself holds an old message. Ages that follow the
+        wall clock (messages without a monotonic stamp, or from an earlier boot) may
+        expire up to one :meth:`enforce_limits` period late after a step of the clock.
+        """
+        params = self._age_params()
+        mono = float(params["mono"])
+        if batch is not None and mono < self._expiry_due:
+            horizon = mono - self.max_age_s
+            if all(m.mono is not None and m.mono >= horizon for m in batch):
+                return
+        conn.execute(
+            f"DELETE FROM messages WHERE {self._AGE_SQL} > :max_age",
+            {**params, "max_age": self.max_age_s},
+        )
+        oldest = conn.execute(f"SELECT MAX({self._AGE_SQL}) FROM messages", params).fetchone()[0]
+        self._expiry_due = mono + self.max_age_s - (oldest if oldest is not None else 0.0)
+
+    def clock_changed(self) -> None:
+        """The clock's sync state changed: ages by the wall clock are checked at the next
+        ``put`` rather than at the next :meth:`enforce_limits`."""
+        with self._lock:
+            self._expiry_due = -math.inf
+
+    def restamp(self, sync: Stamp, rewrite: Callable[[bytes, float], bytes]) -> int:
+        """Re-stamp, in one transaction, the readings of this boot whose ``ts`` came
+        from an unsynchronised clock: ``ts = sync.wall - (sync.mono - mono)``.
+
+        Their ``synced`` becomes true (their ``ts`` is good now); ids, and so the
+        order, stay. Readings of an earlier boot cannot be re-stamped (their monotonic
+        clock is gone) and are left as they are.
+
+        Args:
+            sync: The clocks read together just after the sync.
+            rewrite: Returns a payload with its ``ts`` replaced.
+
+        Returns:
+            How many readings were re-stamped.
+        """
+        if self._time is None:
+            return 0  # no monotonic stamps to re-stamp from
+        with self._lock:
+            self._check_open()
+            try:
+                rows = self._conn.execute(
+                    "SELECT id, payload, mono FROM messages WHERE synced = 0 AND mono IS NOT"
+                    " NULL AND boot = ? AND sensor != '' ORDER BY id",
+                    (self._time.boot_id,),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                _raise_storage(exc, self.path)
+            if not rows:
+                return 0
+            updates = []
+            for row_id, payload, mono in rows:
+                ts = sync.wall - (sync.mono - mono)
+                try:
+                    updates.append((ts, rewrite(payload, ts), row_id))
+                except ValueError:
+                    log.warning("buffer row %d is not a reading; not re-stamped", row_id)
+            with self._transaction() as conn:
+                conn.executemany(
+                    "UPDATE messages SET ts = ?, payload = ?, synced = 1 WHERE id = ?", updates
+                )
+            self._expiry_due = -math.inf
+        return len(updates)
 
     def pop_dropped(self) -> int:
         """Return how many messages the limits dropped since the last call, and reset."""
@@ -583,6 +781,27 @@ class MessageStore:
             return None
         try:
             value: float | None = self._conn.execute("SELECT MIN(ts) FROM messages").fetchone()[0]
+        except sqlite3.Error as exc:
+            _raise_storage(exc, self.path)
+        return value
+
+    def oldest_age(self) -> float | None:
+        """Return the age of the oldest message queued, in seconds (as ``max_age_s``
+        measures it: see the class docstring), or None when the queue is empty."""
+        with self._lock:
+            self._check_open()
+            return self._oldest_age_locked()
+
+    def _oldest_age_locked(self) -> float | None:
+        if self._depth == 0:
+            return None
+        if self._time is None:
+            oldest = self._oldest_ts_locked()
+            return None if oldest is None else self._clock() - oldest
+        try:
+            value: float | None = self._conn.execute(
+                f"SELECT MAX({self._AGE_SQL}) FROM messages", self._age_params()
+            ).fetchone()[0]
         except sqlite3.Error as exc:
             _raise_storage(exc, self.path)
         return value

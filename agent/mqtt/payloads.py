@@ -123,6 +123,23 @@ class Reading:
         return _encoder.encode(body)
 
 
+def restamp_payload(payload: bytes, ts: float) -> bytes:
+    """A reading's payload with ``ts`` replaced, every other key as it was, in its place
+    (``"clock_synced": false`` stays: CONTRACT 14).
+
+    Raises:
+        ValueError: ``payload`` is not a JSON object.
+    """
+    try:
+        body = msgspec.json.decode(payload)
+    except msgspec.DecodeError as e:
+        raise ValueError(f"not a reading payload: {e}") from None
+    if not isinstance(body, dict):
+        raise ValueError("a reading payload is a JSON object")
+    body["ts"] = iso_ts(ts)
+    return _encoder.encode(body)
+
+
 def encode_json(body: Any) -> bytes:
     """Compact JSON bytes."""
     return _encoder.encode(body)

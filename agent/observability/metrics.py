@@ -79,6 +79,7 @@ class _AgentCollector(Collector):
             ("dropped", "Buffered readings dropped by the buffer's limits"),
             ("rejected", "Readings the broker refused"),
             ("deferred", "Live readings kept in the buffer while the in-flight window was full"),
+            ("restamped", "Readings re-stamped from the monotonic clock when the clock synced"),
         ):
             yield CounterMetricFamily(f"edge_agent_{key}", help_text, s.outbox.get(key, 0))
         yield CounterMetricFamily("edge_agent_events", "Events reported", s.events)

@@ -138,13 +138,13 @@ def health_payload(agent: AgentState) -> dict[str, Any]:
     """The ``<base>/health`` payload (CONTRACT section 4)."""
     now = time.time()
     outbox = agent.outbox
-    oldest = outbox.oldest_queued_ts() if outbox is not None else None
+    oldest = outbox.oldest_queued_age_s() if outbox is not None else None
     return {
         "ts": iso_ts(now),
         "uptime_s": round(uptime_s(agent), 3),
         "connected_since": iso_ts(agent.connected_since) if agent.connected_since else None,
         "queue_depth": outbox.queue_depth() if outbox is not None else 0,
-        "oldest_queued_age_s": round(max(now - oldest, 0.0), 3) if oldest else None,
+        "oldest_queued_age_s": round(max(oldest, 0.0), 3) if oldest is not None else None,
         "counters": {**agent.counters, **(outbox.counters if outbox is not None else {})},
         "sensors_failed": failed_sensors(agent),
         "storage": storage_state(agent),
@@ -167,7 +167,6 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
     network thread. The event loop answering at all is the first check.
     """
     config = agent.config
-    now = time.time()
     reasons: list[str] = []
     connected = agent.transport is not None and agent.transport.connected
     if not connected:
@@ -179,12 +178,12 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
             )
     outbox = agent.outbox
     depth = outbox.queue_depth() if outbox is not None else 0
-    oldest = outbox.oldest_queued_ts() if outbox is not None else None
+    oldest = outbox.oldest_queued_age_s() if outbox is not None else None
     if depth > 0.9 * config.buffer.max_messages:
         reasons.append(f"buffer {depth} of {config.buffer.max_messages} readings: nearly full")
-    if oldest is not None and now - oldest > 0.5 * config.buffer.max_age:
+    if oldest is not None and oldest > 0.5 * config.buffer.max_age:
         reasons.append(
-            f"oldest buffered reading is {now - oldest:.0f} s old "
+            f"oldest buffered reading is {oldest:.0f} s old "
             f"(buffer.max_age: {config.buffer.max_age:g} s)"
         )
     storage = storage_state(agent)
@@ -213,7 +212,7 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
         "connected_since": iso_ts(agent.connected_since) if agent.connected_since else None,
         "uptime_s": round(uptime_s(agent), 1),
         "queue_depth": depth,
-        "oldest_queued_age_s": round(now - oldest, 1) if oldest else None,
+        "oldest_queued_age_s": round(max(oldest, 0.0), 1) if oldest is not None else None,
         "sensors": sensor_states(agent),
         "outputs": output_states(agent),
         "inputs": {
@@ -267,9 +266,8 @@ def output_states(agent: AgentState) -> dict[str, Any]:
 
 def snapshot(agent: AgentState) -> Snapshot:
     """Everything ``/metrics`` shows."""
-    now = time.time()
     outbox = agent.outbox
-    oldest = outbox.oldest_queued_ts() if outbox is not None else None
+    oldest = outbox.oldest_queued_age_s() if outbox is not None else None
     read_errors: Counter[tuple[str, str]] = Counter(agent.retired_read_errors)
     last_ts: dict[str, float] = {}
     for slot in agent.scheduler.slots if agent.scheduler else []:
@@ -291,7 +289,7 @@ def snapshot(agent: AgentState) -> Snapshot:
         connects=agent.counters["connects"],
         reconnects=agent.counters["reconnects"],
         queue_depth=outbox.queue_depth() if outbox is not None else 0,
-        oldest_queued_age_s=max(now - oldest, 0.0) if oldest else None,
+        oldest_queued_age_s=max(oldest, 0.0) if oldest is not None else None,
         outbox=dict(outbox.counters) if outbox is not None else {},
         events=agent.counters["events"],
         readings={**dict.fromkeys(agent.config.sensors, 0), **agent.readings},

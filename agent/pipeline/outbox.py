@@ -60,9 +60,10 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from agent.buffer.fallback import LIMITS, MEMORY_IDS, RETRY_S, Buffer, StorageFault
-from agent.buffer.store import MessageStore, QueuedMessage
+from agent.buffer.store import MessageStore, QueuedMessage, message_age, restamp_message
+from agent.clock import ClockSource, Stamp
 from agent.events import Event, EventSink, RateLimiter
-from agent.mqtt.payloads import Reading
+from agent.mqtt.payloads import Reading, restamp_payload
 
 __all__ = ["Outbox", "Sender", "replayed_payload"]
 
@@ -133,6 +134,8 @@ class Outbox:
         replay_batch: Most replayed messages sent per loop turn.
         drop_report_period_s: Least time between two ``buffer_dropping`` events.
         clock: Monotonic seconds, injectable for tests.
+        time_source: Stamps each reading's boot, and measures the ages of readings not
+            yet in the store (as the store does); None: the wall clock's ``ts``.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class Outbox:
         replay_batch: int = REPLAY_BATCH,
         drop_report_period_s: float = DROP_REPORT_PERIOD_S,
         clock: Callable[[], float] = time.monotonic,
+        time_source: ClockSource | None = None,
     ) -> None:
         self.store = store if isinstance(store, Buffer) else Buffer(disk=store)
         self.store.on_fault = self._storage_changed
@@ -159,6 +163,10 @@ class Outbox:
         self._report = report
         self._defer = defer
         self._clock = clock
+        self._time = time_source
+        #: The clocks at the last sync, while the clock stays synchronised: readings
+        #: sampled before it are re-stamped from it (CONTRACT 14).
+        self._sync: Stamp | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "readings",
@@ -169,6 +177,7 @@ class Outbox:
                 "dropped",
                 "rejected",
                 "deferred",
+                "restamped",
             ),
             0,
         )
@@ -204,6 +213,19 @@ class Outbox:
         in_memory = sum(1 for f in self._inflight.values() if not f.message.id)
         return self.store.depth() + len(self._staged) + in_memory
 
+    def oldest_queued_age_s(self) -> float | None:
+        """Age in seconds of the oldest reading not yet acknowledged (as ``max_age``
+        measures it: on the monotonic clock where known), or None."""
+        if self._closed:
+            return None
+        wall = time.time() if self._time is None else self._time.wall()
+        waiting = [*self._staged, *(f.message for f in self._inflight.values() if not f.message.id)]
+        ages = [message_age(m, self._time, wall) for m in waiting]
+        stored = self.store.oldest_age()
+        if stored is not None:
+            ages.append(stored)
+        return max(ages, default=None)
+
     def oldest_queued_ts(self) -> float | None:
         """Sample time (unix s) of the oldest reading not yet acknowledged, or None."""
         if self._closed:
@@ -229,7 +251,13 @@ class Outbox:
             sensor=reading.sensor,
             seq=reading.seq,
             ts=reading.ts,
+            mono=reading.mono,
+            synced=reading.clock_synced,
+            boot=self._time.boot_id if self._time is not None and reading.mono is not None else "",
         )
+        if self._sync is not None and not message.synced:
+            # Sampled before the sync, handed over after it: re-stamped like the buffered.
+            message = self._restamp(message, self._sync)
         if self.durability == "always" and qos >= 1:
             (row_id,) = self.store.put([message])
             self.counters["buffered"] += 1
@@ -273,6 +301,44 @@ class Outbox:
         :meth:`disconnected` first: nothing in flight may belong to the old one."""
         assert not self._inflight, "in-flight messages belong to the old sender"
         self._sender = sender
+
+    # -- the clock (CONTRACT 14) ---------------------------------------------------------
+
+    def clock_synced(self, sync: Stamp) -> int:
+        """The clock has just become synchronised; ``sync`` its clocks read together.
+
+        Every reading not yet delivered that was sampled in this boot from the
+        unsynchronised clock gets ``ts = sync.wall - (sync.mono - its mono)``: in the
+        store, in the memory queue, staged, and in flight (the copy that a disconnect
+        would store). Readings already delivered cannot be. Their ``"clock_synced":
+        false`` stays.
+
+        Returns:
+            How many readings were re-stamped.
+        """
+        if self._closed or self._time is None:
+            return 0
+        self._sync = sync
+        self.store.clock_changed()
+        done = self.store.restamp(sync, restamp_payload)
+        before = list(self._staged)
+        self._staged = [self._restamp(m, sync) for m in self._staged]
+        done += sum(a is not b for a, b in zip(before, self._staged, strict=True))
+        for mid, entry in list(self._inflight.items()):
+            if not entry.message.id:
+                restamped = self._restamp(entry.message, sync)
+                if restamped is not entry.message:
+                    self._inflight[mid] = _InFlight(restamped, entry.replay)
+        self.counters["restamped"] += done
+        return done
+
+    def clock_unsynced(self) -> None:
+        """The clock lost its synchronisation: readings from now on wait for the next."""
+        self._sync = None
+        self.store.clock_changed()
+
+    def _restamp(self, message: QueuedMessage, sync: Stamp) -> QueuedMessage:
+        return restamp_message(message, sync, restamp_payload, self._time)
 
     # -- transport events ----------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from agent.actuation.outputs import OutputController, OutputState
 from agent.actuation.statefile import OutputStateFile
 from agent.buffer.fallback import RETRY_S, Buffer
 from agent.buffer.store import MessageStore, StorageError, diagnose
-from agent.clock import ClockSource, clock_from_env
+from agent.clock import ClockSource, clock_from_env, stamp
 from agent.commands.handler import CommandAuth, CommandHandler, Reply
 from agent.commands.seen import SeenCommands
 from agent.config.digest import config_digest, digest_key
@@ -85,8 +85,8 @@ def buffer_path(config: Config) -> Path:
     return Path(config.buffer.path).expanduser() if config.buffer.path else directory / "buffer.db"
 
 
-def open_disk_store(config: Config) -> MessageStore:
-    """The SQLite store at :func:`buffer_path`.
+def open_disk_store(config: Config, clock: ClockSource | None = None) -> MessageStore:
+    """The SQLite store at :func:`buffer_path`, measuring ages on ``clock``.
 
     The directory is private (0700) and the database with its ``-wal`` companion 0600
     (SQLite gives it the database file's mode).
@@ -105,7 +105,10 @@ def open_disk_store(config: Config) -> MessageStore:
     except OSError as e:
         raise diagnose(e, path) from e
     store = MessageStore(
-        path, max_messages=config.buffer.max_messages, max_age_s=config.buffer.max_age
+        path,
+        max_messages=config.buffer.max_messages,
+        max_age_s=config.buffer.max_age,
+        time_source=clock,
     )
     for suffix in ("-wal", "-shm"):
         with contextlib.suppress(OSError):
@@ -113,12 +116,13 @@ def open_disk_store(config: Config) -> MessageStore:
     return store
 
 
-def open_store(config: Config) -> Buffer:
-    """The store-and-forward buffer. A state directory or buffer file that cannot be used
-    is not fatal: the agent runs on the memory queue (``buffer.memory_max_messages``),
-    says so in one line, and tries the disk again every few seconds."""
+def open_store(config: Config, clock: ClockSource | None = None) -> Buffer:
+    """The store-and-forward buffer, measuring ages on ``clock``. A state directory or
+    buffer file that cannot be used is not fatal: the agent runs on the memory queue
+    (``buffer.memory_max_messages``), says so in one line, and tries the disk again every
+    few seconds."""
     try:
-        disk: MessageStore | None = open_disk_store(config)
+        disk: MessageStore | None = open_disk_store(config, clock)
         fault: StorageError | None = None
     except StorageError as e:
         disk, fault = None, e
@@ -138,8 +142,9 @@ def open_store(config: Config) -> Buffer:
         max_messages=config.buffer.max_messages,
         max_age_s=config.buffer.max_age,
         memory_max_messages=config.buffer.memory_max_messages,
-        reopen=lambda: open_disk_store(config),
+        reopen=lambda: open_disk_store(config, clock),
         fault=fault,
+        time_source=clock,
     )
 
 
@@ -287,7 +292,7 @@ class Agent(TransportEvents):
             loop=loop,
         )
         outputs.open()
-        store = open_store(self.config)
+        store = open_store(self.config, self.clock)
         self._digest_key = digest_key(state_dir(self.config.state_dir))
         if store.depth():
             log.info("buffer %s holds %d readings to deliver", store.path, store.depth())
@@ -299,7 +304,14 @@ class Agent(TransportEvents):
             durability=self.config.buffer.durability,
             report=self.report,
             defer=loop.call_soon,
+            time_source=self.clock,
         )
+        if self.clock_synced:
+            # Readings buffered in this boot before the sync by an agent that stopped
+            # before it saw the sync (a restart): re-stamped now.
+            restamped = outbox.clock_synced(stamp(self.clock))
+            if restamped:
+                log.info("re-stamped %d buffered readings sampled before the sync", restamped)
         for event in self._early_events:
             self._send_event(event)
         self._early_events.clear()
@@ -542,14 +554,20 @@ class Agent(TransportEvents):
         """The clock became synchronised (``synced``) or lost its synchronisation."""
         self.clock_synced = synced
         if synced:
+            restamped = 0
+            if self._outbox is not None:
+                restamped = self._outbox.clock_synced(stamp(self.clock))
             self.report(
                 Event(
                     "clock_synced",
-                    "the system clock is synchronised; readings are stamped with it again",
-                    fields={"clock_synced": True},
+                    "the system clock is synchronised; readings are stamped with it again,"
+                    f" and {restamped} readings sampled before were re-stamped",
+                    fields={"clock_synced": True, "restamped": restamped},
                 )
             )
         else:
+            if self._outbox is not None:
+                self._outbox.clock_unsynced()
             self.report(
                 Event(
                     "clock_unsynced",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,13 +18,44 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.demo.broker import PrivateBroker, free_port
 from agent.mqtt.payloads import parse_iso_ts
 from tests.e2e.test_observability import get, wait_status
+from tests.e2e.test_store_and_forward import assert_no_loss, readings
 from tests.support.clock import IN_2022, ClockControl
 from tests.support.configs import write_config
+from tests.support.faultproxy import FaultProxy
 from tests.support.mqtt import AgentProcess, Collector, run_cli
 
 pytestmark = pytest.mark.e2e
 
 YEAR_S = 365 * 86400.0
+TWO_SENSORS = "".join(
+    f"  {name}:\n    driver: system\n    interval: 200ms\n    thermal_zone: {n}\n"
+    for n, name in enumerate("ab")
+)
+T = TypeVar("T")
+
+
+def wait_until(probe: Callable[[], T | Literal[False] | None], timeout: float = 20.0) -> T:
+    """The first true value ``probe`` returns, polling; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def delivered_through_live(c: Collector, base: str, *, after: float) -> bool:
+    """Whether both sensors have a live reading received after ``after`` and every seq
+    before it."""
+    seqs: dict[str, set[int]] = {}
+    live: dict[str, int] = {}
+    for m in readings(c, base):
+        body = m.json()
+        seqs.setdefault(body["sensor"], set()).add(body["seq"])
+        if m.at > after and not body.get("replayed"):
+            live.setdefault(body["sensor"], body["seq"])
+    return len(live) == 2 and all(set(range(1, n + 1)) <= seqs[s] for s, n in live.items())
 
 
 def clock_gauge(port: int) -> float:
@@ -87,3 +119,80 @@ def test_an_unsynchronised_clock_is_reported_everywhere_until_it_syncs(
         assert clock_gauge(port) == 1
         status = run_cli("status", "-c", str(config))
         assert "clock: synchronised" in status.stdout
+
+
+def test_clock_steps_during_an_outage_lose_nothing_and_early_readings_are_restamped(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    """A Pi boots in 2022, its broker unreachable; the clock steps four years ahead, a
+    year more, back an hour, then NTP syncs it; then the broker comes back. A buffer aged
+    by the wall clock would have dropped everything at the first step (max_age 10 min)."""
+    port = free_port()
+    base = f"edge/{device_id}"
+    config = write_config(
+        tmp_path / "c.yaml",
+        port=0,  # replaced below: the agent talks through the fault proxy
+        device_id=device_id,
+        sensors=TWO_SENSORS,
+        extra=f'buffer:\n  max_age: 10m\nhealth:\n  listen: "127.0.0.1:{port}"\n',
+    )
+    clock = ClockControl(tmp_path / "clock.json", offset_s=IN_2022 - time.time())
+    healthz = f"http://127.0.0.1:{port}/healthz"
+    with FaultProxy(broker.port) as proxy, Collector(broker.port, f"{base}/#") as c:
+        config.write_text(config.read_text().replace("port: 0\n", f"port: {proxy.port}\n"))
+        agents(config, env=clock.env)
+        early = c.wait_for(
+            lambda m: m.topic == f"{base}/sensor/a" and not m.json().get("replayed")
+        )[0].json()
+        assert early["clock_synced"] is False and parse_iso_ts(early["ts"]) < IN_2022 + 3600
+        # The broker goes away.
+        proxy.refuse()
+        proxy.cut()
+        outage_began = time.time()
+        wait_until(lambda: wait_status(healthz, 200)["connected"] is False)
+        for step in (4 * YEAR_S, YEAR_S, -3600.0):
+            time.sleep(1.5)
+            clock.step(step)
+        time.sleep(1.5)
+        during = wait_status(healthz, 200)
+        assert during["clock_synced"] is False
+        assert during["queue_depth"] >= 20
+        # Ages on the monotonic clock: seconds, not years (or negative after the step back).
+        assert 0 < during["oldest_queued_age_s"] < 120
+        synced_at = time.time()
+        clock.sync()
+        after = wait_until(lambda: (h := wait_status(healthz, 200))["clock_synced"] and h)
+        assert 0 < after["oldest_queued_age_s"] < 120
+        assert clock_gauge(port) == 1
+        time.sleep(1.0)  # a few readings from the synchronised clock, still buffered
+        outage_ended = time.time()
+        proxy.heal()
+        # Complete: a live reading of each sensor after the outage, and every seq up to it.
+        wait_until(lambda: delivered_through_live(c, base, after=outage_ended), timeout=60)
+        event = c.wait_for(
+            lambda m: m.topic == f"{base}/event" and m.json()["kind"] == "clock_synced",
+            timeout=20,
+        )[0].json()
+    assert event["restamped"] >= 20
+    by_sensor = assert_no_loss(c, base)  # every seq from 1: nothing expired or lost
+    for sensor, messages in by_sensor.items():
+        bodies = [m.json() for m in messages]
+        # Replayed after the outage (a reading sampled before the first connect may have
+        # been replayed right after it, before the outage, unsynchronised and so as it was).
+        replayed = [m.json() for m in messages if m.json().get("replayed") and m.at > outage_ended]
+        assert [b["seq"] for b in replayed] == sorted(b["seq"] for b in replayed), sensor
+        flagged = [b for b in replayed if b.get("clock_synced") is False]
+        good = [b for b in replayed if "clock_synced" not in b]
+        assert len(flagged) >= 10 and good, (sensor, len(flagged), len(good))
+        # Sampled before the sync, re-stamped from the monotonic clock at it: real times
+        # within the outage (not 2022, 2026 or 2027), increasing with seq.
+        stamps = [parse_iso_ts(b["ts"]) for b in flagged]
+        assert all(outage_began - 5 < ts < synced_at + 2 for ts in stamps), (sensor, stamps)
+        assert stamps == sorted(stamps)
+        # Sampled after it: stamped by the synchronised clock.
+        assert all(synced_at - 2 < parse_iso_ts(b["ts"]) < outage_ended + 2 for b in good)
+        # Delivered live before the outage: their ts cannot be taken back; they stay flagged.
+        live_before = [
+            b for b in bodies if not b.get("replayed") and b.get("clock_synced") is False
+        ]
+        assert live_before and all(parse_iso_ts(b["ts"]) < IN_2022 + 3600 for b in live_before)
