@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.actuation.outputs import OutputController
+from agent.clock import ClockSource, stamp
 from agent.commands.auth import Key, Unauthenticated, open_envelope, read_envelope
 from agent.commands.parse import Command, CommandRefused, envelope_of, parse_command
 from agent.commands.seen import Seen, SeenCommands
@@ -104,6 +106,8 @@ class CommandHandler:
             them; None: no keys (a signed command is refused, unsigned ones accepted).
         report: where ``command_rejected`` events go (rate-limited).
         clock: wall clock, for staleness and reply ``ts``.
+        time_source: the agent's clocks and their sync state (CONTRACT 14); None: the
+            ``clock`` is trusted as it is. See :meth:`_reference` for what changes.
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class CommandHandler:
         auth: CommandAuth | None = None,
         report: EventSink | None = None,
         clock: Callable[[], float] = time.time,
+        time_source: ClockSource | None = None,
     ) -> None:
         self._topics = topics
         self._outputs = outputs
@@ -134,7 +139,15 @@ class CommandHandler:
         self._rejections = RateLimiter(REJECTED_EVENT_EVERY_S)
         #: The key id of the signed command being judged (None: unsigned).
         self._kid: str | None = None
-        self._clock = clock
+        self._clock = clock if time_source is None else time_source.wall
+        self._time = time_source
+        if time_source is not None:
+            # A trusted time read back from the file counts from now (the agent's start).
+            self._seen.trusted_at(time_source.monotonic())
+        #: The wall clock when the command being judged arrived: its reply's ``ts``.
+        self._wall = 0.0
+        #: Whether the ``ts`` of the command being judged can be checked for the future.
+        self._synced = True
         #: (output, "ok" or error code) -> count, for /metrics.
         self.results: Counter[tuple[str, str]] = Counter()
         #: Seconds from arrival on the loop to the reply handed to the transport.
@@ -148,12 +161,12 @@ class CommandHandler:
             log.debug("ignoring message on %s", message.topic)
             return
         started = time.monotonic()
-        now = self._clock()
+        now = self._wall = self._clock()
         route: tuple[str, bytes | None] | None = None
         self._kid = None
         try:
             route = self._route(message)
-            body = self._judge(name, message, now)
+            body = self._judge(name, message, self._reference(now))
         except CommandRefused as e:
             body = self._refusal(name, e, now)
             if e.code in ("unauthenticated", "replayed") or (
@@ -225,6 +238,41 @@ class CommandHandler:
             "ts": iso_ts(now),
         }
 
+    def _reference(self, wall: float) -> float:
+        """The time that commands' ``ts`` and the memory of accepted commands are judged
+        by (CONTRACT 14).
+
+        Without a ``time_source``, or while the clock is synchronised, the wall clock
+        (never less than the trusted time below, so that the reference never goes back).
+        While it is not synchronised, the trusted time: the last reference used (kept in
+        the memory of accepted commands, across restarts) plus the monotonic time since,
+        raised by the ``ts`` of every signed command accepted meanwhile (the signers'
+        clocks are the best the agent has); the unsynchronised wall clock only when
+        nothing is known at all. Then no ``ts`` is refused for being ahead: a ``ts``
+        ahead of that reference is a signer's clock, not a command made to be replayed.
+
+        Safety: the reference never decreases, and an entry is forgotten only once the
+        reference has passed its deadline (``ts + max_age``), when its command is stale
+        by the same reference: a signed command that was accepted is refused (stale or
+        replayed) ever after, whatever the wall clock does.
+        """
+        source = self._time
+        if source is None:
+            self._synced = True
+            return wall
+        now = stamp(source)
+        trusted = self._seen.trusted_at(now.mono)
+        self._synced = now.synced
+        value = self._seen.trusted_value
+        if trusted is None or value is None:
+            reference = now.wall
+        elif now.synced:
+            reference = max(now.wall, value)
+        else:
+            reference = trusted
+        self._seen.trust(reference, now.mono)
+        return reference
+
     def carry_over(self, previous: CommandHandler) -> None:
         """Keep the counters of the handler this one replaces (after a reload); the memory
         of accepted commands is shared by passing ``seen=previous.seen``."""
@@ -251,11 +299,14 @@ class CommandHandler:
             retained=message.retain,
             now=now,
             max_age=self._max_age,
-            max_skew=self._max_skew,
+            max_skew=self._max_skew if self._synced else math.inf,
             signed=self._kid is not None,
         )
         if command.nonce is not None:
             self._take_nonce(command, payload, now)
+            if not self._synced and command.ts is not None and self._time is not None:
+                # A signed command's ts is a signer's clock: trusted while ours is not.
+                self._seen.trust(command.ts, self._time.monotonic())
         if name not in self._outputs:
             raise CommandRefused(
                 "unknown_output", f"this device has no output named {name!r}", command.id
@@ -278,7 +329,7 @@ class CommandHandler:
                     command.id,
                 )
             earlier = seen.reply if seen.reply is not None else self._state_body(name, command)
-            return {**earlier, "duplicate": True, "ts": iso_ts(now)}
+            return {**earlier, "duplicate": True, "ts": iso_ts(self._wall)}
         if self._seen.full(now):
             raise CommandRefused(
                 "rate_limited",
@@ -351,7 +402,7 @@ class CommandHandler:
             "ok": True,
             "state": "on" if state.on else "off",
             "until": iso_ts(state.until) if state.until is not None else None,
-            "ts": iso_ts(now),
+            "ts": iso_ts(self._wall),
         }
         if state.level is not None:
             body["level"] = state.level

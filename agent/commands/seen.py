@@ -8,6 +8,11 @@ when :data:`CAPACITY` live entries are held, a new command that would need one i
 rather than an old one forgotten, since forgetting early is exactly how a command runs
 twice.
 
+It also keeps the *trusted time* (CONTRACT 14): the reference by which the handler last
+judged a command (see :meth:`agent.commands.handler.CommandHandler._reference`). It only
+grows, and entries are forgotten only by it, so it is saved with them: after a restart on
+a clock that booted in the past, the agent still knows that what it forgot is stale.
+
 It survives a reload (the daemon hands the same object to the new handler) and a restart:
 each entry is appended to a file in the state directory (one JSON line, mode 0600) and
 read back at start; expired lines are dropped when the file is rewritten. Appends are
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,12 +66,18 @@ class SeenCommands:
         self._file: IO[str] | None = None
         self._appended = 0
         self._write_failed = False
+        #: The trusted time (unix seconds), None until known; saved with the entries.
+        self.trusted_value: float | None = None
+        #: The monotonic time at which ``trusted_value`` held; None: not anchored yet
+        #: (read from the file: anchored when first used).
+        self._trusted_mono: float | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def open(self, now: float) -> None:
-        """Read what an earlier run remembered, drop the expired, and start appending."""
+    def open(self, now: float | None) -> None:
+        """Read what an earlier run remembered, drop the expired (by ``now``; None: keep
+        all, for a clock that cannot be trusted), and start appending."""
         if self.path is None:
             return
         try:
@@ -88,14 +100,40 @@ class SeenCommands:
         except OSError as e:
             self._report_write_error(e)
 
-    def _read_line(self, line: str, now: float) -> None:
+    def _read_line(self, line: str, now: float | None) -> None:
         try:
             item = json.loads(line)
+            if not isinstance(item, dict):
+                return
+            if "t" in item:
+                trusted = float(item["t"])
+                if math.isfinite(trusted):
+                    self.trusted_value = max(trusted, self.trusted_value or -math.inf)
+            if "k" not in item:
+                return
             key, until, digest = item["k"], float(item["u"]), item["h"]
         except (ValueError, KeyError, TypeError):
             return  # a line cut short by a crash
-        if isinstance(key, str) and isinstance(digest, str) and until >= now:
+        if isinstance(key, str) and isinstance(digest, str) and (now is None or until >= now):
             self._entries[key] = Seen(until, digest)
+
+    def trusted_at(self, mono: float) -> float | None:
+        """The trusted time now: its value plus the monotonic time since it held (None:
+        unknown). A value read from the file counts from the first call."""
+        if self.trusted_value is None:
+            return None
+        if self._trusted_mono is None:
+            self._trusted_mono = mono
+        return self.trusted_value + max(mono - self._trusted_mono, 0.0)
+
+    def trust(self, value: float, mono: float) -> None:
+        """The trusted time is ``value`` at monotonic ``mono``, unless it was already
+        greater (it never goes back). Saved with the next entry or rewrite."""
+        if not math.isfinite(value):
+            return
+        if self.trusted_value is None or value >= self.trusted_value:
+            self.trusted_value = value
+        self._trusted_mono = mono
 
     def get(self, key: str, now: float) -> Seen | None:
         """The live entry for ``key``, if any."""
@@ -110,7 +148,10 @@ class SeenCommands:
     def add(self, key: str, seen: Seen) -> None:
         """Remember ``key`` (the caller checked :meth:`full` first)."""
         self._entries[key] = seen
-        self._append({"k": key, "u": seen.until, "h": seen.digest})
+        item: dict[str, Any] = {"k": key, "u": seen.until, "h": seen.digest}
+        if self.trusted_value is not None:
+            item["t"] = self.trusted_value
+        self._append(item)
 
     def _expire(self, now: float) -> None:
         if self._entries and min(s.until for s in self._entries.values()) < now:
@@ -142,6 +183,8 @@ class SeenCommands:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
+                if self.trusted_value is not None:
+                    f.write(json.dumps({"t": self.trusted_value}) + "\n")
                 for key, seen in self._entries.items():
                     line = {"k": key, "u": seen.until, "h": seen.digest}
                     f.write(json.dumps(line, separators=(",", ":")) + "\n")

@@ -316,7 +316,9 @@ class Agent(TransportEvents):
             self._send_event(event)
         self._early_events.clear()
         self.inputs = self._open_inputs()
-        self.seen_commands.open(time.time())
+        # An unsynchronised clock may be anywhere: nothing is forgotten by it (the
+        # handler forgets by its trusted time, CONTRACT 14).
+        self.seen_commands.open(self.clock.wall() if self.clock.synced() else None)
         self.commands = self._command_handler()
         self._start_sampling()
         transport.start()
@@ -470,6 +472,7 @@ class Agent(TransportEvents):
             seen=self.seen_commands,
             auth=auth,
             report=self.report,
+            time_source=self.clock,
         )
 
     def _start_sampling(self, chains: dict[str, SensorChain] | None = None) -> None:

@@ -7,16 +7,20 @@ it and finally syncs it, as NTP does.
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.commands.auth import parse_key, sign_command
 from agent.demo.broker import PrivateBroker, free_port
-from agent.mqtt.payloads import parse_iso_ts
+from agent.mqtt.payloads import iso_ts, parse_iso_ts
+from tests.e2e.test_commands import Commander, ready
 from tests.e2e.test_observability import get, wait_status
 from tests.e2e.test_store_and_forward import assert_no_loss, readings
 from tests.support.clock import IN_2022, ClockControl
@@ -196,3 +200,50 @@ def test_clock_steps_during_an_outage_lose_nothing_and_early_readings_are_restam
             b for b in bodies if not b.get("replayed") and b.get("clock_synced") is False
         ]
         assert live_before and all(parse_iso_ts(b["ts"]) < IN_2022 + 3600 for b in live_before)
+
+
+def test_signed_commands_on_an_agent_whose_clock_is_in_2022(
+    tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
+) -> None:
+    """The controller's clock is right, the agent's four years behind and unsynchronised:
+    commands are judged by the trusted time, replays refused, also after a restart."""
+    key_file = tmp_path / "ops.key"
+    assert run_cli("keygen", str(key_file)).returncode == 0
+    key = parse_key(key_file.read_bytes())
+    config = write_config(
+        tmp_path / "c.yaml",
+        port=broker.port,
+        device_id=device_id,
+        interval="5s",
+        extra=f"commands:\n  auth:\n    keys:\n      ops: {key_file}\n"
+        "outputs:\n  pump: {driver: relay, pin: 17}\n",
+    )
+    base = f"edge/{device_id}"
+    pump = f"{base}/output/pump/set"
+    clock = ClockControl(tmp_path / "clock.json", offset_s=IN_2022 - time.time())
+
+    def signed(state: str, ts: float) -> str:
+        body = {"state": state, "ts": iso_ts(ts), "nonce": uuid.uuid4().hex}
+        return sign_command(pump, json.dumps(body), key, "ops").decode()
+
+    commander = Commander(broker.port)
+    with Collector(broker.port, f"{base}/#") as c:
+
+        def send(payload: str) -> Any:
+            count = len(c.on(f"{base}/reply")) + 1
+            commander.send(pump, payload)
+            return c.wait_for(lambda m: m.topic == f"{base}/reply", count=count)[-1].json()
+
+        agent = agents(config, env=clock.env)
+        ready(c, base, ("pump",))
+        first = signed("on", time.time())
+        assert send(first)["ok"] is True  # four years "ahead" of the agent: not stale
+        assert send(first)["error"] == "replayed"
+        assert send(signed("off", time.time() - 120))["error"] == "stale"  # by the signer's time
+        agent.stop()
+        clock.step(-3600)  # the next boot is an hour further back
+        agents(config, env=clock.env)
+        c.topic(f"{base}/output/pump/state", count=2)
+        assert send(first)["error"] == "replayed"  # remembered across the restart
+        assert send(signed("off", time.time()))["ok"] is True
+    commander.close()
