@@ -29,6 +29,7 @@ from typing import Any
 from agent.actuation.outputs import OutputController
 from agent.clock import ClockSource, stamp
 from agent.commands.auth import Key, Unauthenticated, open_envelope, read_envelope
+from agent.commands.gate import CommandLimits
 from agent.commands.parse import Command, CommandRefused, envelope_of, parse_command
 from agent.commands.seen import Seen, SeenCommands
 from agent.events import Event, EventSink, RateLimiter
@@ -42,8 +43,11 @@ log = logging.getLogger(__name__)
 OUTPUT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: The longest topic MQTT can carry.
 MAX_TOPIC_BYTES = 65535
-#: At most one command_rejected event per reason this often (the rest are counted).
+#: At most one refusal log line per code, and one command_rejected event per reason, this
+#: often (the rest are counted, and the next line or event says how many).
 REJECTED_EVENT_EVERY_S = 10.0
+#: Refusal codes that are also a ``command_rejected`` event (``stale`` only when signed).
+_REJECTED_EVENTS = ("unauthenticated", "replayed")
 
 
 @dataclass(frozen=True)
@@ -105,9 +109,12 @@ class CommandHandler:
         auth: the keys signed commands are verified with, and which outputs require
             them; None: no keys (a signed command is refused, unsigned ones accepted).
         report: where ``command_rejected`` events go (rate-limited).
+        limits: the rate per output and the refusal-reply budget (``agent.commands.gate``),
+            shared across reloads; None: no limits.
         clock: wall clock, for staleness and reply ``ts``.
         time_source: the agent's clocks and their sync state (CONTRACT 14); None: the
             ``clock`` is trusted as it is. See :meth:`_reference` for what changes.
+        monotonic: monotonic clock, for how often refusals are logged and reported.
     """
 
     def __init__(
@@ -123,8 +130,10 @@ class CommandHandler:
         seen: SeenCommands | None = None,
         auth: CommandAuth | None = None,
         report: EventSink | None = None,
+        limits: CommandLimits | None = None,
         clock: Callable[[], float] = time.time,
         time_source: ClockSource | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._topics = topics
         self._outputs = outputs
@@ -136,7 +145,9 @@ class CommandHandler:
         self._seen = seen if seen is not None else SeenCommands(path=None)
         self._auth = auth
         self._report = report
-        self._rejections = RateLimiter(REJECTED_EVENT_EVERY_S)
+        self._limits = limits
+        #: Refusals' log lines and command_rejected events, one per key every 10 s.
+        self._rejections = RateLimiter(REJECTED_EVENT_EVERY_S, monotonic)
         #: The key id of the signed command being judged (None: unsigned).
         self._kid: str | None = None
         self._clock = clock if time_source is None else time_source.wall
@@ -148,6 +159,10 @@ class CommandHandler:
         self._wall = 0.0
         #: Whether the ``ts`` of the command being judged can be checked for the future.
         self._synced = True
+        #: Whether the command being judged was charged to its output's rate.
+        self._charged = False
+        #: Commands dropped unanswered (queue full, or no refusal replies left), in all.
+        self.dropped = 0
         #: (output, "ok" or error code) -> count, for /metrics.
         self.results: Counter[tuple[str, str]] = Counter()
         #: Seconds from arrival on the loop to the reply handed to the transport.
@@ -164,22 +179,43 @@ class CommandHandler:
         now = self._wall = self._clock()
         route: tuple[str, bytes | None] | None = None
         self._kid = None
+        self._charged = False
         try:
             route = self._route(message)
             body = self._judge(name, message, self._reference(now))
         except CommandRefused as e:
             body = self._refusal(name, e, now)
-            if e.code in ("unauthenticated", "replayed") or (
-                e.code == "stale" and self._kid is not None
-            ):
-                self._rejected(name, e)
-        # Only configured outputs get a label of their own: a topic name is anyone's.
-        self.results[(name if name in self._outputs else "", _result(body))] += 1
+            self._refused(name, e)
+            if not self._charged and self._limits is not None and not self._limits.may_refuse():
+                # Answering every refusal of a flood would be a flood of our own.
+                self.drop(name, "more refusals than can be answered")
+                return
+        self.results[(self.label(name), _result(body))] += 1
         payload = encode_json(body)
         self._send(Reply(self._topics.reply, payload))
         if route is not None:
             self._send(Reply(route[0], payload, route[1]))
         self.latency.observe(time.monotonic() - started)
+
+    def label(self, name: str) -> str:
+        """The output label for counters and /metrics: a configured output's name, else
+        ``""`` for all others, so that invented names grow neither."""
+        return name if name in self._outputs else ""
+
+    def drop(self, name: str, why: str) -> None:
+        """Count a command to ``name`` dropped unanswered (result ``dropped``), and say so
+        in the log (rate-limited)."""
+        self.dropped += 1
+        self.results[(self.label(name), "dropped")] += 1
+        key = f"dropped: {why}"
+        if self._rejections.allow(key):
+            held_back = self._rejections.take_suppressed(key)
+            log.warning(
+                "dropping commands unanswered: %s (%d dropped so far%s)",
+                why,
+                self.dropped,
+                f", {held_back + 1} in the last {REJECTED_EVENT_EVERY_S:g} s" if held_back else "",
+            )
 
     @property
     def seen(self) -> SeenCommands:
@@ -207,11 +243,28 @@ class CommandHandler:
         correlation = getattr(props, "CorrelationData", None)
         return topic, bytes(correlation) if correlation is not None else None
 
-    def _rejected(self, name: str, e: CommandRefused) -> None:
-        """A ``command_rejected`` event, at most one per reason every few seconds."""
-        if self._report is None or not self._rejections.allow(e.code):
+    def _refused(self, name: str, e: CommandRefused) -> None:
+        """Say that a command was refused: a log line per code, and for the signing's
+        refusals a ``command_rejected`` event, each at most once every 10 s per code (one
+        limiter for both; what it held back is counted in the next line and event)."""
+        event = self._report is not None and (
+            e.code in _REJECTED_EVENTS or (e.code == "stale" and self._kid is not None)
+        )
+        key = f"{e.code} (event)" if event else e.code
+        if not self._rejections.allow(key):
             return
-        held_back = self._rejections.take_suppressed(e.code)
+        held_back = self._rejections.take_suppressed(key)
+        log.warning(
+            "command to %s refused (%s): %s%s",
+            _shown(name),
+            e.code,
+            e.message[:300],
+            f" ({held_back} more refused {e.code} in the last {REJECTED_EVENT_EVERY_S:g} s)"
+            if held_back
+            else "",
+        )
+        if not event or self._report is None:
+            return
         known = name if name in self._outputs else None
         self._report(
             Event(
@@ -228,7 +281,6 @@ class CommandHandler:
         )
 
     def _refusal(self, name: str, e: CommandRefused, now: float) -> dict[str, Any]:
-        log.warning("command to %r refused (%s): %s", name, e.code, e.message)
         return {
             "id": e.command_id,
             "output": name,
@@ -278,6 +330,8 @@ class CommandHandler:
         of accepted commands is shared by passing ``seen=previous.seen``."""
         self.results = previous.results
         self.latency = previous.latency
+        self.dropped = previous.dropped
+        self._rejections = previous._rejections
 
     def _judge(self, name: str, message: IncomingMessage, now: float) -> dict[str, Any]:
         """The reply body of an accepted command (carried out, or recognised as a
@@ -302,6 +356,21 @@ class CommandHandler:
             max_skew=self._max_skew if self._synced else math.inf,
             signed=self._kid is not None,
         )
+        if command.nonce is not None and self._seen.get(_nonce_key(command.nonce), now) is not None:
+            raise CommandRefused(
+                "replayed", "this nonce was already used: a replayed command", command.id
+            )
+        if self._limits is not None and name in self._outputs:
+            # Charged only now: the signature holds (or the output takes unsigned
+            # commands) and it is no replay, so neither forged nor replayed commands can
+            # use up a real sender's rate.
+            if not self._limits.allow(name):
+                raise CommandRefused(
+                    "rate_limited",
+                    f"more than {self._limits.max_rate:g} commands a second to {name}",
+                    command.id,
+                )
+            self._charged = True
         if command.nonce is not None:
             self._take_nonce(command, payload, now)
             if not self._synced and command.ts is not None and self._time is not None:
@@ -380,7 +449,7 @@ class CommandHandler:
             CommandRefused: ``replayed``, or ``rate_limited`` when the memory is full.
         """
         assert command.nonce is not None and command.ts is not None
-        key = json.dumps(["nonce", command.nonce])
+        key = _nonce_key(command.nonce)
         if self._seen.get(key, now) is not None:
             raise CommandRefused(
                 "replayed", "this nonce was already used: a replayed command", command.id
@@ -452,6 +521,15 @@ def response_topic_problem(
     ):
         return f"is not under commands.response_prefix ({response_prefix}/#)"
     return None
+
+
+def _nonce_key(nonce: str) -> str:
+    return json.dumps(["nonce", nonce])
+
+
+def _shown(name: str) -> str:
+    """An output name as the log shows it: a topic level may be 64 kB of anyone's text."""
+    return repr(name[:64] + ("..." if len(name) > 64 else ""))
 
 
 def _result(body: dict[str, Any]) -> str:

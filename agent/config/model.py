@@ -180,6 +180,12 @@ class CommandsConfig(Options, frozen=True):
     response_prefix: ResponsePrefix | None = None
     #: Signed commands; absent: no keys, nothing signed required.
     auth: AuthConfig | None = None
+    #: Commands a second per output on average, in bursts of 5 s' worth (at least 50);
+    #: beyond it: ``rate_limited``. Only commands whose signature holds (or to outputs
+    #: that take unsigned ones) count, so forged commands cannot use it up.
+    max_rate: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 10.0
+    #: Commands waiting to be judged, at most; beyond it they are dropped and counted.
+    queue_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100
 
 
 class HomeAssistantConfig(Options, frozen=True):

@@ -21,6 +21,7 @@ from agent.actuation.statefile import OutputStateFile
 from agent.buffer.fallback import RETRY_S, Buffer
 from agent.buffer.store import MessageStore, StorageError, diagnose
 from agent.clock import ClockSource, clock_from_env, stamp
+from agent.commands.gate import CommandGate, CommandLimits
 from agent.commands.handler import CommandAuth, CommandHandler, Reply
 from agent.commands.seen import SeenCommands
 from agent.config.digest import config_digest, digest_key
@@ -230,6 +231,10 @@ class Agent(TransportEvents):
         self.outputs: OutputController | None = None
         self.inputs: InputWatcher | None = None
         self.commands: CommandHandler | None = None
+        #: The rate per output and the refusal-reply budget, across reloads.
+        self.command_limits = CommandLimits(max_rate=self.config.commands.max_rate)
+        #: The bounded queue commands wait in to be judged (see agent.commands.gate).
+        self.command_gate: CommandGate | None = None
         #: Accepted commands, remembered across reloads and restarts (at most once).
         self.seen_commands = SeenCommands(path=state_dir(self.config.state_dir) / "commands.seen")
         self._tasks: list[asyncio.Task[None]] = []
@@ -320,10 +325,17 @@ class Agent(TransportEvents):
         # handler forgets by its trusted time, CONTRACT 14).
         self.seen_commands.open(self.clock.wall() if self.clock.synced() else None)
         self.commands = self._command_handler()
+        gate = self.command_gate = CommandGate(
+            is_command=lambda topic: self.topics.set_topic_level(topic) is not None,
+            handle=self._judge_command,
+            drop=self._drop_command,
+            queue_size=self.config.commands.queue_size,
+        )
         self._start_sampling()
         transport.start()
         self._background(self._publish_health(), "health")
         self._background(outbox.run(), "replay")
+        self._background(gate.run(), "commands")
         self._background(self._keep_status(), "status")
         self._background(self._watch_clock(), "clock")
         self._background(self.notifier.run_watchdog(self._healthy), "watchdog")
@@ -355,6 +367,8 @@ class Agent(TransportEvents):
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # Commands still waiting are judged (and answered) now; later ones at once.
+            gate.judge_waiting(gate.depth())
             await self._stop_sampling()
             if self._http is not None:
                 await self._http.close()
@@ -473,7 +487,19 @@ class Agent(TransportEvents):
             auth=auth,
             report=self.report,
             time_source=self.clock,
+            limits=self.command_limits,
         )
+
+    def _judge_command(self, message: IncomingMessage) -> None:
+        """The gate's worker: judged by the handler of the config in force now."""
+        if self.commands is not None:
+            self.commands.handle(message)
+
+    def _drop_command(self, message: IncomingMessage) -> None:
+        """A command that found the gate's queue full: counted, not answered."""
+        name = self.topics.set_topic_level(message.topic)
+        if self.commands is not None and name is not None:
+            self.commands.drop(name, "the command queue is full")
 
     def _start_sampling(self, chains: dict[str, SensorChain] | None = None) -> None:
         """Sample every configured sensor; ``chains`` are filter chains to carry over."""
@@ -723,6 +749,10 @@ class Agent(TransportEvents):
             self.inputs = self._open_inputs()
             self.inputs.publish_all()
         previous = self.commands
+        self.command_limits.reconfigure(max_rate=self.config.commands.max_rate)
+        self.command_limits.forget(set(self.config.outputs))
+        if self.command_gate is not None:
+            self.command_gate.queue_size = self.config.commands.queue_size
         self.commands = self._command_handler()
         if previous is not None:
             self.commands.carry_over(previous)
@@ -808,7 +838,9 @@ class Agent(TransportEvents):
     def message(self, message: IncomingMessage) -> None:
         if self.announcer.handle(message):
             return
-        if self.commands is not None:
+        if self.command_gate is not None and not self._stopping:
+            self.command_gate.offer(message)
+        elif self.commands is not None:  # stopping: the gate's worker is gone
             self.commands.handle(message)
 
     # -- publishing ------------------------------------------------------------------

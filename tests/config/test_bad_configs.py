@@ -351,6 +351,14 @@ BAD_CONFIGS: list[tuple[str, str, int, str, str]] = [
         "homeassistant.prefix",
         "`$`",
     ),
+    # The command gate (issue 20, row 9): a rate and a queue the daemon can use.
+    ("max-rate-zero", "commands:\n  max_rate: 0\n", 2, "commands.max_rate", "> 0"),
+    ("max-rate-inf", "commands:\n  max_rate: .inf\n", 2, "commands.max_rate", "finite"),
+    ("max-rate-nan", "commands:\n  max_rate: .nan\n", 2, "commands.max_rate", "finite"),
+    ("max-rate-type", "commands:\n  max_rate: fast\n", 2, "commands.max_rate", "`float`"),
+    ("queue-size-zero", "commands:\n  queue_size: 0\n", 2, "commands.queue_size", ">= 1"),
+    ("queue-size-huge", "commands:\n  queue_size: 1000000\n", 2, "commands.queue_size", "100000"),
+    ("queue-size-float", "commands:\n  queue_size: 1.5\n", 2, "commands.queue_size", "`int`"),
 ]
 
 
