@@ -877,6 +877,123 @@ def b9_filter_cost(ctx: Context) -> list[Row]:
     ]
 
 
+# -- B10: a command flood (ours only) ----------------------------------------------------
+
+
+class _Flood:
+    """What a flood trial sees: live readings' arrival times and the probe's reply."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.online = FirstMessage(f"{base}/status", b"online")
+        self.readings: list[float] = []
+        self.probe_at: float | None = None
+        self.probed = threading.Event()
+
+    def __call__(self, topic: str, payload: bytes, retained: bool, t: float) -> None:
+        self.online(topic, payload, retained, t)
+        if topic == f"{self.base}/sensor/live":
+            self.readings.append(t)
+        elif topic == f"{self.base}/reply" and b'"probe"' in payload:
+            self.probe_at = t
+            self.probed.set()
+
+
+def _b10_trial(ctx: Context, c: Contender, n: int) -> tuple[float, float, float]:
+    """``n`` QoS 1 commands as fast as the broker takes them (nine in ten to output o0,
+    on/off, the rest to invented outputs), then a probe to o1, which the flood spared
+    (o0's rate is spent by then): seconds from the broker having taken the last flood
+    command to the probe's reply, RSS growth (MB) from before the flood to after the
+    probe, and the longest gap (ms) between readings (100 ms) meanwhile."""
+    port = ctx.port(c)
+    base = base_topic("b10", "ours")
+    work = scratch("b10-")
+    config = ours_config(
+        work / "agent.yaml",
+        port=port,
+        device_id=base.split("/", 1)[1],
+        sensors="  live: {driver: system, interval: 100ms}\n",
+        outputs=2,
+    )
+    flood = _Flood(base)
+    with Watcher(port, [f"{base}/status", f"{base}/sensor/live", f"{base}/reply"], flood) as w:
+        proc = agent_process(config, name="ours-b10")
+        try:
+            flood.online.wait(START_TIMEOUT_S)
+            time.sleep(1.0)
+            rss_before = proc.sample().rss_kb / 1024
+            started = time.monotonic()
+            sent = [
+                w.client.publish(
+                    f"{base}/output/o0/set" if i % 10 else f"{base}/output/ghost-{i}/set",
+                    b"on" if i % 2 else b"off",
+                    qos=1,
+                )
+                for i in range(n)
+            ]
+            deadline = started + n / 100 + 30
+            while not all(info.is_published() for info in sent):
+                if time.monotonic() > deadline:
+                    raise _fail(proc, "the broker did not take the flood")
+                time.sleep(0.01)
+            taken = time.monotonic()
+            w.publish(f"{base}/output/o1/set", b'{"state": "on", "id": "probe"}')
+            if not flood.probed.wait(60):
+                raise _fail(proc, "the probe after the flood was not answered")
+            assert flood.probe_at is not None
+            rss_after = proc.sample().rss_kb / 1024
+            during = [started] + [t for t in flood.readings if started <= t <= flood.probe_at]
+            gap = max(b - a for a, b in itertools.pairwise([*during, flood.probe_at]))
+            return flood.probe_at - taken, rss_after - rss_before, gap * 1000
+        finally:
+            proc.stop()
+
+
+def b10_flood(ctx: Context) -> list[Row]:
+    """Ours under a command flood at its defaults (``commands.max_rate`` 10, queue 100):
+    the probe's answer, memory and readings. mqtt-io and the floor have no such limits to
+    measure."""
+    n = 1000 if ctx.plan.quick else 10_000
+    trials = 1 if ctx.plan.quick else 3
+    ours = [c for c in ctx.contenders if c.key == "ours"]
+    probe: list[float] = []
+    rss: list[float] = []
+    gaps: list[float] = []
+    for _ in range(trials):
+        for c in ours:
+            p, r, g = _b10_trial(ctx, c, n)
+            probe.append(p)
+            rss.append(r)
+            gaps.append(g)
+
+    def cells(values: list[float]) -> dict[str, Series | str]:
+        out = _cells(ctx, {"ours": values})
+        for c in ctx.contenders:
+            out.setdefault(c.key, "n/a: not measured (no command limits)")
+        return out
+
+    note = f"B10: {trials} trials of {n} commands (9 in 10 to one output, 1 to invented ones)"
+    return [
+        Row(
+            "B10",
+            f"another output's command answered after a {n}-command flood (s)",
+            "≤ 2 s",
+            cells(probe),
+            _at_most(2.0),
+            notes=[note],
+        ),
+        Row("B10", "RSS growth over the flood (MB)", "≤ 20 MB", cells(rss), _at_most(20.0)),
+        Row(
+            "B10",
+            "longest gap between 100 ms readings during the flood (ms)",
+            "≤ 500 ms",
+            cells(gaps),
+            _at_most(500.0),
+            digits=0,
+        ),
+    ]
+
+
 # -- B1 and B3 at 10 % of one core (a Pi-class proxy) -----------------------------------
 
 #: The CPU limit of the Pi-class rows, in % of one core (a Pi Zero 2 is roughly this

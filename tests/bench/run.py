@@ -37,6 +37,7 @@ from tests.bench.measures import (
     b6_lateness,
     b8_wakeups,
     b9_filter_cost,
+    b10_flood,
     pi_class,
 )
 
@@ -51,6 +52,7 @@ MEASURES: list[tuple[str, str, Callable[[Context], list[Row]]]] = [
     ("B2", "idle RSS and CPU; B7 disk writes", b2_b7_idle),
     ("B8", "idle wake-ups", b8_wakeups),
     ("B9", "filter stage CPU per reading", b9_filter_cost),
+    ("B10", "a command flood: probe, memory, readings", b10_flood),
     ("PI", "B1 and B3 at 10 % of one core", pi_class),
 ]
 

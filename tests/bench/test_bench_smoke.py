@@ -60,3 +60,21 @@ def test_b9_filter_cost_gives_a_number_per_row() -> None:
         cell = row.cells["ours"]
         assert isinstance(cell, Series) and all(v > 0 for v in cell.values)
         assert row.cells["floor"] == "n/a: no readings"
+
+
+def test_b10_flood_gives_a_number_per_row(
+    broker: PrivateBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.bench.measures import b10_flood
+
+    monkeypatch.setattr(harness, "WORK", tmp_path / "work")
+    monkeypatch.setattr(harness, "LOGS", tmp_path / "logs")
+    ctx = Context(Plan.make(quick=True), [Ours(), Floor()], {"ours": broker, "floor": broker}, {})
+    rows = b10_flood(ctx)
+    assert [r.id for r in rows] == ["B10"] * 3
+    for row in rows:
+        cell = row.cells["ours"]
+        assert isinstance(cell, Series) and len(cell.values) == 1
+        assert all(math.isfinite(v) for v in cell.values)
+        floor = row.cells["floor"]
+        assert isinstance(floor, str) and floor.startswith("n/a")
