@@ -147,6 +147,23 @@ class PWMOutput(LevelOutput):
         self._device.close()
 
 
+def channel_problem(hardware: Hardware, chip: int, channel: int) -> str | None:
+    """Why channel ``channel`` of ``/sys/class/pwm/pwmchip<chip>`` cannot be used, found
+    without exporting it (``check --hardware`` must not touch an output); None if it exists."""
+    chip_dir = hardware.path(f"/sys/class/pwm/pwmchip{chip}")
+    try:
+        channels = int(hardware.read_attr(chip_dir / "npwm").strip())
+    except (OSError, ValueError):
+        return (
+            f"no {chip_dir}; enable hardware PWM with dtoverlay=pwm-2chan in "
+            "/boot/firmware/config.txt (GPIO 18 and 19), or drop hardware_pwm to time the "
+            "PWM in software on any pin"
+        )
+    if channel >= channels:
+        return f"pwmchip{chip} has {channels} channels (0..{channels - 1})"
+    return None
+
+
 class SysfsPWMOutput(LevelOutput):
     """A hardware PWM channel through the kernel's sysfs interface
     (``/sys/class/pwm/pwmchip<chip>/pwm<channel>``): the PWM block times the signal, so
@@ -186,12 +203,9 @@ class SysfsPWMOutput(LevelOutput):
         self._channel = channel
         self._closed = False
         self.period_ns = max(1, round(1e9 / frequency))
-        if not (self._chip_dir / "export").exists():
-            raise HardwareConfigError(
-                f"{self._name}: no {self._chip_dir}; enable hardware PWM with "
-                "dtoverlay=pwm-2chan in /boot/firmware/config.txt (GPIO 18 and 19), or drop "
-                "hardware_pwm to time the PWM in software on any pin"
-            )
+        problem = channel_problem(hardware, chip, channel)
+        if problem is not None:
+            raise HardwareConfigError(f"{self._name}: {problem}")
         try:
             self._export()
             # A duty cycle longer than the period is refused, whichever is written: a
@@ -219,11 +233,6 @@ class SysfsPWMOutput(LevelOutput):
         try:
             self._hardware.write_attr(self._chip_dir / "export", str(self._channel))
         except OSError as e:
-            if e.errno == errno.EINVAL:
-                npwm = self._hardware.read_attr(self._chip_dir / "npwm").strip()
-                raise HardwareConfigError(
-                    f"{self._name}: the chip has {npwm} channels (0..{int(npwm) - 1})"
-                ) from e
             if e.errno != errno.EBUSY:
                 raise
         # udev sets the new attributes' owner a moment after the export.

@@ -11,6 +11,7 @@ from agent.config.yamlsource import parse
 from drivers.base import Options
 from drivers.errors import BusError, DriverError
 from drivers.hardware import Hardware
+from drivers.pwm import channel_problem
 from drivers.registry import guarded_open, spec_of
 from drivers.scan import scan_i2c_bus
 
@@ -65,11 +66,4 @@ def _pwm_channel_missing(options: Options, hardware: Hardware) -> str | None:
     selected = getattr(options, "hardware_pwm", None)
     if selected is None:
         return None
-    chip = hardware.path(f"/sys/class/pwm/pwmchip{selected.chip}")
-    try:
-        channels = int(hardware.read_attr(chip / "npwm").strip())
-    except (OSError, ValueError):
-        return f"no {chip}: enable hardware PWM with dtoverlay=pwm-2chan (GPIO 18 and 19)"
-    if selected.channel >= channels:
-        return f"pwmchip{selected.chip} has {channels} channels (0..{channels - 1})"
-    return None
+    return channel_problem(hardware, selected.chip, selected.channel)
