@@ -13,7 +13,10 @@ estimated error grows past 16 s without one; the call then also returns ``TIME_E
 The clock is a :class:`ClockSource`, injected wherever time matters, so that tests step
 the wall clock forwards and backwards and flip the sync state. :func:`clock_from_env`
 gives the real one, or, for the end-to-end tests of the real process, one steered by a
-control file (:data:`CLOCK_FILE_ENV`).
+control file (:data:`CLOCK_FILE_ENV`). The daemon wraps it in a :class:`WatchedClock`,
+which asks the kernel for the sync state only at the watch's polls (every
+:data:`POLL_UNSYNCED_S` while unsynchronised, :data:`POLL_SYNCED_S` after), so stamping a
+reading costs no system call and an idle agent is not woken every second.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from typing import Any, Final, Protocol
 
 __all__ = [
     "CLOCK_FILE_ENV",
+    "POLL_CONTROL_FILE_S",
+    "POLL_SYNCED_S",
+    "POLL_UNSYNCED_S",
     "STA_UNSYNC",
     "TIME_ERROR",
     "ClockSource",
@@ -38,10 +44,12 @@ __all__ = [
     "ControlFileClock",
     "Stamp",
     "SystemClock",
+    "WatchedClock",
     "clock_from_env",
     "kernel_clock_synced",
     "read_boot_id",
     "stamp",
+    "watched",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,13 @@ TIME_ERROR: Final = 5
 CLOCK_FILE_ENV: Final = "EDGE_AGENT_CLOCK_FILE"
 #: The kernel's id of the current boot: monotonic times compare only within one.
 BOOT_ID_PATH: Final = Path("/proc/sys/kernel/random/boot_id")
+#: How often an unsynchronised clock's state is read: the sync is noticed within this.
+POLL_UNSYNCED_S: Final = 5.0
+#: How often a synchronised clock's state is read. The kernel drops the sync only once
+#: its estimated error has grown past 16 s (at 500 ppm: hours without a time daemon).
+POLL_SYNCED_S: Final = 60.0
+#: The control file's poll (tests step and sync it and want to see the effect soon).
+POLL_CONTROL_FILE_S: Final = 0.5
 
 
 class ClockUnavailable(OSError):
@@ -269,6 +284,62 @@ class ControlFileClock:
         self._synced = bool(body.get("synced", False))
         if isinstance(body.get("boot_id"), str):
             self._boot_id = body["boot_id"]
+
+
+class WatchedClock:
+    """``source``'s clocks, with the sync state as of the last :meth:`refresh`.
+
+    Every reading and command is stamped, and the sync state changes a few times in a
+    run at most: reading it once per poll instead of once per stamp saves a system
+    call each. Between a change and the next poll, the state is stale by at most one
+    poll interval. A clock that just synchronised is then still called unsynchronised,
+    so its readings are flagged (harmless, they are right); one that just lost its sync
+    is still trusted for up to :data:`POLL_SYNCED_S`, which is nothing against the hours
+    its error took to grow past the kernel's 16 s.
+    """
+
+    def __init__(
+        self,
+        source: ClockSource,
+        *,
+        unsynced_poll_s: float = POLL_UNSYNCED_S,
+        synced_poll_s: float = POLL_SYNCED_S,
+    ) -> None:
+        self.source = source
+        self._polls = (unsynced_poll_s, synced_poll_s)
+        self._synced = source.synced()
+
+    @property
+    def boot_id(self) -> str:
+        return self.source.boot_id
+
+    def wall(self) -> float:
+        return self.source.wall()
+
+    def monotonic(self) -> float:
+        return self.source.monotonic()
+
+    def synced(self) -> bool:
+        return self._synced
+
+    def refresh(self) -> bool:
+        """Read the sync state from the source now; the new state."""
+        self._synced = self.source.synced()
+        return self._synced
+
+    @property
+    def poll_s(self) -> float:
+        """Seconds until the next :meth:`refresh` is due, for the current state."""
+        return self._polls[self._synced]
+
+
+def watched(source: ClockSource) -> WatchedClock:
+    """``source`` wrapped for the daemon, polled at the rate that suits it."""
+    if isinstance(source, ControlFileClock):
+        return WatchedClock(
+            source, unsynced_poll_s=POLL_CONTROL_FILE_S, synced_poll_s=POLL_CONTROL_FILE_S
+        )
+    return WatchedClock(source)
 
 
 def clock_from_env(environ: Mapping[str, str] | None = None) -> ClockSource:

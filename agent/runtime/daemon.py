@@ -20,7 +20,7 @@ from agent.actuation.outputs import OutputController, OutputState
 from agent.actuation.statefile import OutputStateFile
 from agent.buffer.fallback import RETRY_S, Buffer
 from agent.buffer.store import MessageStore, StorageError, diagnose
-from agent.clock import ClockSource, clock_from_env, stamp
+from agent.clock import ClockSource, clock_from_env, stamp, watched
 from agent.commands.gate import CommandGate, CommandLimits
 from agent.commands.handler import CommandAuth, CommandHandler, Reply
 from agent.commands.seen import SeenCommands
@@ -57,8 +57,6 @@ DRAIN_ON_STOP_S = 1.0
 RELOAD_MIN_INTERVAL_S = 1.0
 #: How often systemd's STATUS= line is refreshed (sent only when it changed).
 STATUS_EVERY_S = 5.0
-#: How often the kernel's clock sync state is read (one adjtimex call).
-CLOCK_POLL_S = 1.0
 
 
 def private_dir(directory: Path) -> None:
@@ -208,8 +206,9 @@ class Agent(TransportEvents):
         self.topics = Topics.for_device(self.config.mqtt.topic_prefix, self.device_id)
         self.simulate = simulate or self.config.simulate
         self.notifier = notifier or Notifier({})
-        self.clock = clock if clock is not None else clock_from_env()
-        #: The sync state as last read (:meth:`_watch_clock` keeps it current).
+        #: Stamps read its cached sync state; :meth:`_watch_clock` refreshes it.
+        self.clock = watched(clock if clock is not None else clock_from_env())
+        #: The sync state the agent last acted on (said, re-stamped).
         self.clock_synced = self.clock.synced()
         self.started_at = self.clock.wall()
         #: Monotonic start and disconnect times: uptime and time offline survive a step.
@@ -574,8 +573,8 @@ class Agent(TransportEvents):
                 " until it is, and are re-stamped then"
             )
         while True:
-            await asyncio.sleep(CLOCK_POLL_S)
-            synced = self.clock.synced()
+            await asyncio.sleep(self.clock.poll_s)
+            synced = self.clock.refresh()
             if synced != self.clock_synced:
                 self.clock_changed(synced)
 

@@ -14,15 +14,20 @@ import pytest
 from agent import clock as clock_module
 from agent.clock import (
     CLOCK_FILE_ENV,
+    POLL_CONTROL_FILE_S,
+    POLL_SYNCED_S,
+    POLL_UNSYNCED_S,
     STA_UNSYNC,
     TIME_ERROR,
     ClockUnavailable,
     ControlFileClock,
     SystemClock,
+    WatchedClock,
     clock_from_env,
     kernel_clock_synced,
     read_boot_id,
     stamp,
+    watched,
 )
 from tests.support.clock import IN_2022, ClockControl, SteppableClock
 
@@ -152,3 +157,49 @@ def test_stamp_reads_the_three_together() -> None:
     second = stamp(fake)
     assert second.mono - first.mono == 10
     assert second.synced is True
+
+
+class CountingClock(SteppableClock):
+    """Counts how often its sync state is asked for."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.asked = 0
+
+    def synced(self) -> bool:
+        self.asked += 1
+        return super().synced()
+
+
+def test_watched_clock_stamps_from_the_state_of_its_last_refresh() -> None:
+    source = CountingClock(synced=False)
+    clock = WatchedClock(source)
+    asked_at_start = source.asked
+    source.sync(IN_2022 + 4 * 365 * 86400)
+    first = [stamp(clock) for _ in range(100)]
+    # No system call per stamp: the kernel is asked only at the watch's polls.
+    assert source.asked == asked_at_start
+    # The clock has synchronised, but until the refresh its readings are flagged.
+    assert all(s.synced is False and s.wall == source.now for s in first)
+    assert clock.refresh() is True
+    assert stamp(clock).synced is True
+    assert source.asked == asked_at_start + 1
+    assert (clock.boot_id, clock.monotonic()) == (source.boot_id, source.mono)
+
+
+def test_watched_clock_polls_faster_while_unsynchronised() -> None:
+    source = SteppableClock(synced=False)
+    clock = WatchedClock(source)
+    assert clock.poll_s == POLL_UNSYNCED_S
+    source.sync(IN_2022 + 86400)
+    clock.refresh()
+    assert clock.poll_s == POLL_SYNCED_S
+    # An idle agent: fewer than one wake-up a second even before NTP is reached.
+    assert POLL_SYNCED_S > POLL_UNSYNCED_S >= 1.0
+
+
+def test_the_daemon_polls_a_control_file_fast_and_the_kernel_slowly(tmp_path: Path) -> None:
+    control = watched(ControlFileClock(tmp_path / "clock.json"))
+    assert control.poll_s == POLL_CONTROL_FILE_S
+    system = watched(SystemClock())
+    assert system.poll_s == POLL_UNSYNCED_S  # this VM's kernel is not synchronised
