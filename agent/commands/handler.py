@@ -2,8 +2,8 @@
 
 Every message on a set topic is one command and gets exactly one reply on
 ``<base>/reply`` and, when it names an acceptable MQTT 5 response topic, one there too
-(with its correlation data). Nothing here runs on paho's thread: the transport hands
-messages to the event loop first.
+(with its correlation data). It runs on the event loop, in the transport's callback
+for the read that brought the command.
 
 A response topic is acceptable only where nobody could mistake a reply for something
 else: not a ``$`` topic, not under ``<topic_prefix>/#`` (this agent's and its peers'

@@ -164,7 +164,7 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
     buffer over 90 % of ``buffer.max_messages``; the buffer's disk failing (``storage``:
     readings only in memory); the oldest buffered reading older than
     half of ``buffer.max_age`` (it would soon be dropped); a stopped sampling task or
-    network thread. The event loop answering at all is the first check.
+    MQTT transport. The event loop answering at all is the first check.
     """
     config = agent.config
     reasons: list[str] = []
@@ -201,7 +201,7 @@ def healthz(agent: AgentState) -> tuple[bool, dict[str, Any]]:
     if not agent.sampling_running:
         reasons.append("sampling has stopped")
     if agent.transport is not None and not agent.transport.alive:
-        reasons.append("the MQTT network thread has stopped")
+        reasons.append("the MQTT transport has stopped")
     body: dict[str, Any] = {
         "ok": not reasons,
         "reasons": reasons,

@@ -28,7 +28,7 @@ usual receive maximum) are handed to the transport unacknowledged. A live readin
 finds the window full - the link is slower than the sensors - goes to the store like a
 reading taken offline and is replayed from there (``replayed: true``) as the window frees,
 instead of queueing in paho's memory without bound, where it would be lost on a crash and
-starve the network thread.
+delay every other message on the one I/O thread.
 
 The transport never resends by itself (it uses a fresh paho client per connection), so a
 message unacknowledged at a disconnect is sent again only from the store. A duplicate is

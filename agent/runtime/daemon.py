@@ -542,7 +542,7 @@ class Agent(TransportEvents):
     # -- health for systemd ------------------------------------------------------------
     def _healthy(self) -> bool:
         """Whether systemd's watchdog may be fed: the loop runs (this is called from it),
-        sampling runs, and the network thread is alive."""
+        sampling runs, and the MQTT transport's task is alive."""
         transport = self._transport
         return (
             self._failure is None
