@@ -838,7 +838,7 @@ class Agent(TransportEvents):
         if self.announcer.handle(message):
             return
         if self.command_gate is not None and not self._stopping:
-            self.command_gate.offer(message)
+            self.command_gate.take(message)
         elif self.commands is not None:  # stopping: the gate's worker is gone
             self.commands.handle(message)
 

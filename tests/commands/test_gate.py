@@ -178,6 +178,46 @@ def test_the_worker_judges_a_batch_per_loop_turn_and_survives_a_failing_command(
     assert len(turns) >= 3, "the loop got its turns while the queue was worked off"
 
 
+def test_take_judges_a_lone_command_at_once_and_queues_the_rest_of_its_loop_turn() -> None:
+    r = Recorder()
+
+    async def scenario() -> None:
+        gate = r.gate(queue_size=3)
+        gate.take(command(payload=b"1"))  # nothing waits: judged before take() returns
+        assert [m.payload for m in r.handled] == [b"1"] and gate.depth() == 0
+        gate.take(command(payload=b"2"))  # the same loop turn: queued for the worker
+        gate.take(IncomingMessage("edge/gh-1/elsewhere", b"on", 1, False, None))
+        assert [m.payload for m in r.handled] == [b"1"] and gate.depth() == 1
+        await asyncio.sleep(0)
+        gate.take(command(payload=b"3"))  # a new turn, but "2" waits: behind it, in order
+        gate.take(command(payload=b"4"))
+        gate.take(command(payload=b"5"))  # the queue (3) is full: dropped
+        assert gate.depth() == 3 and [m.payload for m in r.dropped] == [b"5"]
+        drain(gate)
+        await asyncio.sleep(0)
+        gate.take(command(payload=b"x" * 10_000))  # the queue is empty again: at once, cut
+        assert gate.depth() == 0
+
+    asyncio.run(scenario())
+    assert [m.payload for m in r.handled][:4] == [b"1", b"2", b"3", b"4"]
+    assert len(r.handled[4].payload) == MAX_PAYLOAD_BYTES + 1
+
+
+def test_take_survives_a_failing_command(caplog: pytest.LogCaptureFixture) -> None:
+    def handle(message: IncomingMessage) -> None:
+        raise RuntimeError("a bug in one command")
+
+    async def scenario() -> None:
+        gate = CommandGate(
+            is_command=lambda _topic: True, handle=handle, drop=lambda _m: None, queue_size=10
+        )
+        gate.take(command())
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    assert "judging a command on edge/gh-1/output/pump/set failed" in caplog.text
+
+
 # --- the handler's charges -------------------------------------------------------------------
 
 
