@@ -326,7 +326,7 @@ class OutputController:
         level: float | None = None,
     ) -> None:
         """Drive ``out`` to ``on`` (a dimmable output: to ``level``, or the level ``on``
-        means for ``reason``), read it back, re-arm its timers, save and publish.
+        means for ``reason``), read it back, re-arm its timers, publish, log and save.
 
         Raises:
             DriverError: the pin could not be driven or did not read back as asked; the
@@ -356,13 +356,6 @@ class OutputController:
                 raise error
             if changed:
                 out.changed_at = self._loop.time()
-            log.info(
-                "output %s %s (%s)",
-                out.name,
-                f"{_word(on)} at {target:g} %" if target is not None else _word(on),
-                reason,
-                extra={"OUTPUT": out.name},
-            )
         if target:
             out.last_level = target
         if changed or level_changed:
@@ -370,10 +363,25 @@ class OutputController:
         elif reason == "command":
             out.state = replace(out.state, reason="command")
         self._schedule_revert(out, hold)
-        if changed or level_changed:
-            self._save()
-        if changed or level_changed or reason == "command":
-            self._publish(out.name, out.state)
+        # The state goes out first: the log line and the state file's write (two fsyncs,
+        # tens of ms on an SD card) are not what a controller waits on. Both still happen
+        # before this returns, so before a command's reply and before the loop runs
+        # anything else; a power cut between the publish and the write leaves the old
+        # state in the file, which the restart restores and publishes again (as a cut
+        # between driving the pin and the write always could).
+        try:
+            if changed or level_changed or reason == "command":
+                self._publish(out.name, out.state)
+        finally:
+            if changed or level_changed:
+                log.info(
+                    "output %s %s (%s)",
+                    out.name,
+                    f"{_word(on)} at {target:g} %" if target is not None else _word(on),
+                    reason,
+                    extra={"OUTPUT": out.name},
+                )
+                self._save()
 
     def _target_level(
         self, out: _Output, on: bool, reason: Reason, level: float | None
