@@ -8,8 +8,9 @@ due, and at no other time. A publish is written to the socket by the call that m
 (a reading, a command's state), before it returns; a command arrives in the same loop
 callback that read it from the socket. paho's callbacks never act: they record an event
 and return, and the events are handed to the agent right after paho's read or write call
-has returned (a publish made inside that handling is written at once). No thread hop, no
-self-pipe, no lock.
+has returned (a publish made inside that handling is written at once). A received
+message is acknowledged (PUBACK) after the agent has taken it, so a command's state and
+reply go out ahead of its acknowledgement. No thread hop, no self-pipe, no lock.
 
 Only the TCP connect and the TLS handshake (and the DNS lookup) block, so each connection
 attempt runs paho's ``connect()`` in a short-lived thread of its own (:func:`_in_thread`),
@@ -316,6 +317,11 @@ class Transport:
             client.tls_set_context(tls_context(s.tls))
         client.max_inflight_messages_set(20)
         client.max_queued_messages_set(0)
+        # A message is acknowledged once the agent has taken it (see _take_message), not
+        # by paho as it reads it. The subscriptions are QoS 1 (the daemon's), so the
+        # broker never sends QoS 2 and paho's one gap here - it leaves a PUBREL for a
+        # message id it does not know unanswered under manual acks - cannot open.
+        client.manual_ack_set(True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -462,7 +468,22 @@ class Transport:
             retain=bool(msg.retain),
             properties=getattr(msg, "properties", None),
         )
-        self._pending.append((self._events.message, (message,)))
+        self._pending.append((self._take_message, (message, client, msg.mid, msg.qos)))
+
+    def _take_message(
+        self, message: IncomingMessage, client: paho.Client, mid: int, qos: int
+    ) -> None:
+        """Hand ``message`` to the agent, then acknowledge it. A command is judged in this
+        call (or queued), so its state and reply are written before its PUBACK, which
+        nobody waits on; and a crash in between leaves the message to the broker to
+        deliver again (at least once, as QoS 1 means; commands with an ``id`` are
+        recognised, not carried out twice)."""
+        try:
+            self._events.message(message)
+        finally:
+            if qos and client is self.client and self._sock is not None:
+                client.ack(mid, qos)
+                self._write_now()
 
     # -- the loop's side of the socket -------------------------------------------------
     def _attach(self, client: paho.Client) -> None:
