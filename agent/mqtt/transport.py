@@ -45,8 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
+import functools
 import logging
 import random
 import re
@@ -57,7 +56,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -67,6 +66,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config.model import MQTTConfig, TLSConfig
 from agent.mqtt.takeover import Takeover, TakeoverDetector, takeover_message
+
+if TYPE_CHECKING:
+    import ctypes
 
 log = logging.getLogger(__name__)
 
@@ -918,11 +920,17 @@ class Transport:
 
 def _trim_heap() -> None:
     """``malloc_trim(0)`` on glibc: return freed heap pages to the kernel."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
-def _load_libc() -> ctypes.CDLL | None:
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """glibc, loaded when first needed: ctypes and ``find_library`` (which runs
+    ``ldconfig -p``) cost every start ~10 ms for a call only a giant packet makes."""
+    import ctypes.util
+
     name = ctypes.util.find_library("c")
     if name is None:
         return None
@@ -931,9 +939,6 @@ def _load_libc() -> ctypes.CDLL | None:
     except OSError:
         return None
     return libc if hasattr(libc, "malloc_trim") else None
-
-
-_LIBC = _load_libc()
 
 
 def _close_socket(client: paho.Client) -> None:
