@@ -2,13 +2,18 @@
 
 Drivers register through entry points in the group ``pi_edge_agent.drivers`` (CONTRACT 11):
 ``name = "module:SPEC"``, the object a :class:`~drivers.base.DriverSpec` whose ``name`` is
-the entry point's name. The built-in drivers register the same way, in this project's own
-``pyproject.toml`` — so adding a built-in driver adds one line there, and the venv must be
-reinstalled to see it (``make venv``, or ``pip install -e .``).
+the entry point's name. The built-in drivers are declared the same way in this project's
+own ``pyproject.toml``, and listed again in :data:`BUILTIN` (a test keeps the two equal), so
+that finding one needs neither the installed metadata nor ``importlib.metadata``.
 
-A package whose entry point fails to load, or yields something that is not a valid spec,
-is recorded in :data:`BROKEN` and reported once (:func:`problems`); everything else works.
-A name that a package shares with a built-in driver goes to the built-in, and is reported.
+Installed packages are found by reading the ``entry_points.txt`` of every ``*.dist-info``
+and ``*.egg-info`` directory on ``sys.path`` (what pip and setuptools install; the first
+distribution of a name on the path wins, as for ``importlib.metadata``): importing
+``importlib.metadata`` and its scan of every distribution cost ~40 ms of every start, and
+RSS, for a look at a few small files. A package whose entry point fails to load, or
+yields something that is not a valid spec, is recorded in :data:`BROKEN` and reported once
+(:func:`problems`); everything else works. A name that a package shares with a built-in
+driver goes to the built-in, and is reported.
 
 Packages' drivers are imported at start, so that a broken one is reported then; a built-in
 driver's module only when it is first asked for (:func:`spec`, what loading a config does),
@@ -18,11 +23,14 @@ and :data:`BROKEN` import every built-in driver (``edge-agent drivers``, the JSO
 
 from __future__ import annotations
 
-import email
-import importlib.metadata
+import importlib
 import logging
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from agent import __version__
 from drivers.base import Driver, DriverSpec, InputOptions, Options, OutputOptions, SensorOptions
 from drivers.errors import DriverError, PermanentError
 from drivers.hardware import Hardware
@@ -32,6 +40,29 @@ log = logging.getLogger(__name__)
 GROUP = "pi_edge_agent.drivers"
 #: The distribution whose entry points are the built-in drivers.
 BUILTIN_DISTRIBUTION = "pi-edge-agent"
+#: The built-in drivers: ``[project.entry-points."pi_edge_agent.drivers"]`` of
+#: pyproject.toml, entry for entry (tests/drivers/test_registry.py compares them).
+BUILTIN: dict[str, str] = {
+    "system": "drivers.system:SPEC",
+    "bme280": "drivers.bme280:SPEC",
+    "bmp280": "drivers.bme280:BMP280_SPEC",
+    "dht22": "drivers.dht:DHT22_SPEC",
+    "dht11": "drivers.dht:DHT11_SPEC",
+    "sht3x": "drivers.sht3x:SPEC",
+    "sht4x": "drivers.sht4x:SPEC",
+    "aht20": "drivers.aht20:SPEC",
+    "scd4x": "drivers.scd4x:SPEC",
+    "bme680": "drivers.bme680:SPEC",
+    "pms5003": "drivers.pms5003:SPEC",
+    "relay": "drivers.gpio:RELAY_SPEC",
+    "gpio": "drivers.gpio:GPIO_SPEC",
+    "pwm": "drivers.pwm:SPEC",
+    "ina219": "drivers.ina219:SPEC",
+    "ads1015": "drivers.ads1x15:ADS1015_SPEC",
+    "ads1115": "drivers.ads1x15:SPEC",
+    "bh1750": "drivers.bh1750:SPEC",
+    "ds18b20": "drivers.ds18b20:SPEC",
+}
 
 _BASES = {"sensor": SensorOptions, "output": OutputOptions, "input": InputOptions}
 
@@ -69,22 +100,95 @@ class Broken:
         )
 
 
+@dataclass(frozen=True)
+class EntryPoint:
+    """One ``name = module:object`` line of a distribution's ``entry_points.txt``."""
+
+    name: str
+    value: str
+
+    def load(self) -> object:
+        module, _, attributes = self.value.partition(":")
+        found: object = importlib.import_module(module.strip())
+        for attribute in attributes.split("[", 1)[0].strip().split(".") if attributes else ():
+            found = getattr(found, attribute)
+        return found
+
+
 def _normalise(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-def _name_and_version(dist: importlib.metadata.Distribution | None) -> tuple[str, str]:
-    """A distribution's ``Name`` and ``Version``, from its metadata's headers alone.
+def _headers(directory: str) -> tuple[str, str]:
+    """A distribution's ``Name`` and ``Version``, from its metadata file's headers alone
+    (the long description after them can be thousands of lines)."""
+    name = version = "unknown"
+    for file in ("METADATA", "PKG-INFO"):
+        try:
+            with open(os.path.join(directory, file), encoding="utf-8") as f:
+                for line in f:
+                    if not line.strip():
+                        break
+                    key, _, value = line.partition(":")
+                    if key == "Name":
+                        name = value.strip()
+                    elif key == "Version":
+                        version = value.strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        break
+    return name, version
 
-    ``dist.metadata`` parses the whole file, long description included (this project's is
-    its README, ~1800 lines), and ``dist.metadata`` and ``dist.version`` parse it
-    again on every access: asked per entry point, that cost ~0.25 s of every start.
-    """
-    if dist is None:
-        return "unknown", "unknown"
-    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
-    headers = email.message_from_string(text.split("\n\n", 1)[0])
-    return headers.get("Name", "unknown"), headers.get("Version", "unknown")
+
+def _group(text: str) -> list[EntryPoint]:
+    """The entries of :data:`GROUP` in an ``entry_points.txt``."""
+    found: list[EntryPoint] = []
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == GROUP and "=" in line:
+            name, _, value = line.partition("=")
+            found.append(EntryPoint(name.strip(), value.strip()))
+    return found
+
+
+def _distribution_name(directory: str) -> str:
+    """``foo_bar-1.0.dist-info`` or ``foo_bar.egg-info`` -> ``foo-bar``."""
+    stem = directory.rsplit(".", 1)[0]
+    return _normalise(stem.split("-", 1)[0])
+
+
+def _distributions() -> Iterator[tuple[str, str, str, list[EntryPoint]]]:
+    """(name, version, directory, driver entry points) of every distribution on
+    ``sys.path`` that declares drivers; a name found again later on the path is skipped."""
+    seen: set[str] = set()
+    for entry in sys.path:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:  # missing, or not a directory (a zip file)
+            continue
+        for directory in names:
+            if not directory.endswith((".dist-info", ".egg-info")):
+                continue
+            key = _distribution_name(directory)
+            if key in seen:
+                continue
+            seen.add(key)
+            path = os.path.join(entry or ".", directory)
+            try:
+                with open(os.path.join(path, "entry_points.txt"), encoding="utf-8") as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError):
+                continue
+            if GROUP not in text:
+                continue
+            entry_points = _group(text)
+            if entry_points:
+                yield (*_headers(path), path, entry_points)
 
 
 def validate_spec(name: str, spec: object) -> str | None:
@@ -107,42 +211,37 @@ def validate_spec(name: str, spec: object) -> str | None:
 
 
 def _scan() -> None:
-    """Find every entry point; import the third parties' now (so that a broken package is
-    reported at start), the built-ins' only when first asked for (:func:`spec`)."""
-    by_dist: dict[int, tuple[str, str]] = {}  # id(distribution) -> (name, version)
-    found: list[tuple[Origin, importlib.metadata.EntryPoint]] = []
-    for entry_point in importlib.metadata.entry_points(group=GROUP):
-        dist = entry_point.dist
-        if id(dist) not in by_dist:
-            by_dist[id(dist)] = _name_and_version(dist)
-        package, version = by_dist[id(dist)]
-        found.append(
-            (Origin(package=package, version=version, target=entry_point.value), entry_point)
+    """The built-ins from :data:`BUILTIN` (imported only when first asked for:
+    :func:`spec`); every installed package's drivers, imported now (so that a broken
+    package is reported at start)."""
+    for name, target in sorted(BUILTIN.items()):
+        _pending[name] = (
+            EntryPoint(name, target),
+            Origin(BUILTIN_DISTRIBUTION, __version__, target),
         )
-    found.sort(key=lambda pair: (not pair[0].builtin, pair[1].name))  # built-ins first: they win
-    seen: set[tuple[str, str]] = set()
-    holders: dict[str, Origin] = {}  # name -> where the driver of that name comes from
+        _order.append(name)
+    found: list[tuple[Origin, EntryPoint]] = []
+    for package, version, _path, entry_points in _distributions():
+        if _normalise(package) == _normalise(BUILTIN_DISTRIBUTION):
+            continue  # this project's own metadata: BUILTIN already holds it
+        found += [(Origin(package, version, ep.value), ep) for ep in entry_points]
+    found.sort(key=lambda pair: pair[1].name)
+    packages: list[str] = []
     for origin, entry_point in found:
-        key = (entry_point.name, entry_point.value)
-        if key in seen:  # one distribution found twice on sys.path
-            continue
-        seen.add(key)
         name = entry_point.name
-        if name in holders:
+        if name in BUILTIN or name in packages:
+            holder = "built-in" if name in BUILTIN else str(_origins.get(name, "another package"))
             _notes.append(
                 f"package {origin.package} {origin.version} also provides driver "
-                f"{name!r}; the one from {holders[name]} is used"
+                f"{name!r}; the one from {holder} is used"
             )
             continue
-        if origin.builtin:
-            _pending[name] = (entry_point, origin)
-        elif not _use(entry_point, origin):
-            continue
-        holders[name] = origin
-        _order.append(name)
+        if _use(entry_point, origin):
+            packages.append(name)
+            _order.append(name)
 
 
-def _use(entry_point: importlib.metadata.EntryPoint, origin: Origin) -> bool:
+def _use(entry_point: EntryPoint, origin: Origin) -> bool:
     """Import ``entry_point``'s spec into the registry, or record why it cannot be used."""
     name = entry_point.name
     try:
@@ -165,7 +264,7 @@ _origins: dict[str, Origin] = {}
 _broken: dict[str, Broken] = {}
 _notes: list[str] = []
 #: Built-in drivers whose module is not imported yet.
-_pending: dict[str, tuple[importlib.metadata.EntryPoint, Origin]] = {}
+_pending: dict[str, tuple[EntryPoint, Origin]] = {}
 #: Driver names in the order they are listed: built-ins, then packages, each by name.
 _order: list[str] = []
 _scan()
