@@ -25,6 +25,8 @@ connected = daemon.Agent.connected
 def listing(self, session_present):
     connected(self, session_present)
     print("MODULES", " ".join(sorted(sys.modules)), flush=True)
+    import gc
+    print("GC", gc.isenabled(), gc.get_freeze_count(), flush=True)
     os.kill(os.getpid(), signal.SIGTERM)
 
 daemon.Agent.connected = listing
@@ -33,7 +35,8 @@ sys.exit(main(["run", "-c", sys.argv[1], "--simulate"]))
 """
 
 
-def modules_when_online(config: Path) -> set[str]:
+def when_online(config: Path) -> list[str]:
+    """What the script printed once the agent was online."""
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(config)],
         capture_output=True,
@@ -42,8 +45,12 @@ def modules_when_online(config: Path) -> set[str]:
         timeout=60,
         check=False,
     )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("MODULES ")]
-    assert done.returncode == 0 and lines, done.stderr
+    assert done.returncode == 0 and "MODULES " in done.stdout, done.stderr
+    return done.stdout.splitlines()
+
+
+def modules_when_online(config: Path) -> set[str]:
+    lines = [line for line in when_online(config) if line.startswith("MODULES ")]
     return set(lines[0].split()[1:])
 
 
@@ -71,3 +78,27 @@ def test_outputs_bring_gpiozero(tmp_path: Path, broker: PrivateBroker, device_id
     )
     modules = modules_when_online(config)
     assert {"gpiozero", "drivers.gpio"} <= modules
+
+
+def test_the_collector_is_off_during_start_up_and_back_on_once_started(
+    tmp_path: Path, broker: PrivateBroker, device_id: str
+) -> None:
+    # agent.cli.main turns it off for start-up; `run` freezes what start-up made and
+    # turns it back on before the first CONNACK is handled.
+    config = write_config(tmp_path / "agent.yaml", port=broker.port, device_id=device_id)
+    line = next(line for line in when_online(config) if line.startswith("GC "))
+    enabled, frozen = line.split()[1:]
+    assert enabled == "True"
+    assert int(frozen) > 10_000  # modules, classes, functions: everything start-up made
+
+
+def test_every_other_command_runs_with_the_collector_on() -> None:
+    script = (
+        "import gc, sys\nfrom agent.cli import main\nmain(['drivers'])\n"
+        "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "print('GC', gc.isenabled(), gc.get_freeze_count(), file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert "GC True 0" in done.stderr
