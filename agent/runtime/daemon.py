@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.actuation.inputs import InputState, InputWatcher
@@ -35,17 +35,20 @@ from agent.mqtt.payloads import Reading, encode_json, iso_ts
 from agent.mqtt.takeover import Takeover
 from agent.mqtt.topics import Topics
 from agent.mqtt.transport import IncomingMessage, Transport, TransportEvents, Will
-from agent.observability.http import HealthServer, Response
 from agent.observability.report import health_payload, healthz, snapshot
 from agent.pipeline.outbox import Outbox
 from agent.runtime.hardware_setup import make_hardware, sensor_opener, spec_of
 from agent.runtime.logging_setup import add_secrets, config_secrets, event_fields
 from agent.runtime.paths import state_dir
-from agent.runtime.reload import ReloadPlan, plan_reload
 from agent.runtime.systemd import Notifier, status_line
 from agent.sampling.scheduler import Scheduler, SensorSlot
 from drivers.base import Options
 from drivers.hardware import SimulatedHardware
+
+if TYPE_CHECKING:
+    # Imported where used: a reload (SIGHUP) and health.listen are the rare paths.
+    from agent.observability.http import HealthServer, Response
+    from agent.runtime.reload import ReloadPlan
 
 log = logging.getLogger(__name__)
 
@@ -685,6 +688,8 @@ class Agent(TransportEvents):
                     )
                 )
                 return False
+            from agent.runtime.reload import plan_reload
+
             plan = plan_reload(self.config, loaded.config)
             if plan.restart_needed:
                 self.report(
@@ -953,6 +958,7 @@ class Agent(TransportEvents):
         if listen is None:
             return
         # prometheus-client is imported only for an agent that serves /metrics.
+        from agent.observability.http import HealthServer, Response
         from agent.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
         from agent.observability.metrics import Metrics
 

@@ -64,8 +64,16 @@ def test_a_config_with_one_system_sensor_imports_no_rare_path(
     # `ldconfig -p` in a subprocess).
     for rare in ("gpiozero", "ctypes.util"):
         assert rare not in modules, f"{rare} is imported without a config that uses it"
-    # health.listen only; an Ed25519 key only; drivers the config does not name.
-    for rare in ("prometheus_client", "cryptography", "drivers.bme280"):
+    # health.listen only; an Ed25519 key only; drivers the config does not name; a
+    # reload (SIGHUP) only.
+    rare_paths = (
+        "agent.observability.http",
+        "prometheus_client",
+        "cryptography",
+        "drivers.bme280",
+        "agent.runtime.reload",
+    )
+    for rare in rare_paths:
         assert rare not in modules, f"{rare} is imported without a config that uses it"
 
 
