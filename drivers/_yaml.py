@@ -24,3 +24,15 @@ YAML12Loader.add_implicit_resolver(
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
 )
+
+
+if hasattr(yaml, "CSafeLoader"):  # PyYAML built with libyaml (its wheels are)
+
+    class YAML12CLoader(yaml.CSafeLoader):
+        """:class:`YAML12Loader` on libyaml's parser: the same documents, ~10 x faster."""
+
+    YAML12CLoader.yaml_implicit_resolvers = {
+        first: list(resolvers) for first, resolvers in YAML12Loader.yaml_implicit_resolvers.items()
+    }
+else:  # pragma: no cover - a PyYAML without libyaml
+    YAML12CLoader = YAML12Loader  # type: ignore[assignment,misc]

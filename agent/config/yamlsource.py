@@ -23,14 +23,14 @@ from typing import Any
 
 import yaml
 
-from drivers._yaml import YAML12Loader
+from drivers._yaml import YAML12CLoader
 
 KeyPath = tuple[str | int, ...]
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-_Loader = YAML12Loader
+_Loader = YAML12CLoader
 
 #: Deepest nesting of mappings and lists accepted.
 MAX_DEPTH = 64
@@ -185,7 +185,7 @@ def _build(
     if isinstance(value, str) and "${" in value:
         source.substituted.add(path)
         value = _substitute(value, path, node.start_mark.line + 1, source, env)
-        if isinstance(node, yaml.ScalarNode) and node.style is None:
+        if isinstance(node, yaml.ScalarNode) and not node.style:  # plain: None, libyaml ""
             # unquoted: `port: ${PORT}` is a number, as if it had been written so
             tag = loader.resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
             value = loader.construct_object(yaml.ScalarNode(tag, value), deep=True)
