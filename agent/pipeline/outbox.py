@@ -20,7 +20,10 @@ the store is drained in insertion order (so in original order per sensor), with
 ``"replayed": true`` added to each payload, original ``ts`` and ``seq``, and retain
 false. At most ``replay_window`` replayed messages are unacknowledged at once (below the
 broker's receive maximum, so live messages always find room), and a loop turn sends at
-most ``replay_batch`` of them before yielding. Live readings never wait for the replay:
+most ``replay_batch`` of them before yielding. Rows are read ``read_ahead`` per query;
+what was read ahead is read again whenever rows may have left the store or changed
+other than by the replay's own acknowledgements (a drop by the limits, a re-stamp, an
+acknowledged live row, a storage retry, a reconnect). Live readings never wait for the replay:
 they are published the moment they are produced.
 
 Back-pressure: at most ``in_flight_limit`` messages (the transport's, and the broker's
@@ -33,7 +36,8 @@ delay every other message on the one I/O thread.
 The transport never resends by itself (it uses a fresh paho client per connection), so a
 message unacknowledged at a disconnect is sent again only from the store. A duplicate is
 possible only when the broker got a message whose acknowledgement was lost with the
-connection, which QoS 1 permits; consumers see it by (device_id, sensor, seq).
+connection, which QoS 1 permits, or when the agent dies before the DELETE of an
+acknowledged row (below); consumers see it by (device_id, sensor, seq).
 
 Storage faults: the store is wrapped in a :class:`~agent.buffer.fallback.Buffer`. When
 the disk refuses a write (full, read-only, I/O error) readings wait in a bounded memory
@@ -42,8 +46,10 @@ queue's size (``buffer_dropping`` with the reason), and every few seconds the di
 tried again; ``storage_recovered`` says when the buffer is durable again.
 
 SQLite runs on the event loop. Writes are batched: everything produced in one loop turn
-goes in one transaction (``defer`` runs :meth:`Outbox.flush` at the end of the turn), and
-deletes after acknowledgements are batched the same way. Such a transaction takes about a
+goes in one transaction (``defer`` runs the flush at the end of the turn). Deletes after
+acknowledgements wait for ``delete_batch`` rows or ``delete_delay_s``, whichever comes
+first: a drain of the buffer writes one transaction per batch, not one every few
+messages, each rewriting the same pages into the WAL. Such a transaction takes about a
 millisecond (one fsync for a put) on an SD card, which the loop can afford; a reading per
 transaction is the worst case, while disconnected or under ``always``.
 """
@@ -77,6 +83,12 @@ REPLAY_WINDOW = 16
 IN_FLIGHT_LIMIT = 20
 #: Replayed messages sent per loop turn before live work gets its turn.
 REPLAY_BATCH = 10
+#: Rows the replay reads from the store per query, ahead of the window.
+REPLAY_READ_AHEAD = 256
+#: Acknowledged rows wait at most this long (seconds) for their DELETE, or until this
+#: many are acknowledged: one transaction per batch, not one per loop turn.
+DELETE_DELAY_S = 0.25
+DELETE_BATCH = 500
 #: At most one ``buffer_dropping`` event per this many seconds; counts in between merge.
 DROP_REPORT_PERIOD_S = 10.0
 #: Events kept in memory while disconnected (events are not buffered on disk).
@@ -132,6 +144,10 @@ class Outbox:
             None runs it at once (one transaction per message, for tests).
         replay_window: Most replayed messages unacknowledged at once.
         replay_batch: Most replayed messages sent per loop turn.
+        read_ahead: Rows the replay reads per query.
+        delete_delay_s: Longest wait of an acknowledged row for its DELETE (with
+            ``defer``; without it, rows are deleted at once).
+        delete_batch: Acknowledged rows that are deleted together without waiting.
         drop_report_period_s: Least time between two ``buffer_dropping`` events.
         clock: Monotonic seconds, injectable for tests.
         time_source: Stamps each reading's boot, and measures the ages of readings not
@@ -148,6 +164,9 @@ class Outbox:
         defer: Callable[[Callable[[], None]], object] | None = None,
         replay_window: int = REPLAY_WINDOW,
         replay_batch: int = REPLAY_BATCH,
+        read_ahead: int = REPLAY_READ_AHEAD,
+        delete_delay_s: float = DELETE_DELAY_S,
+        delete_batch: int = DELETE_BATCH,
         drop_report_period_s: float = DROP_REPORT_PERIOD_S,
         clock: Callable[[], float] = time.monotonic,
         time_source: ClockSource | None = None,
@@ -158,6 +177,9 @@ class Outbox:
         self.replay_window = replay_window
         self.in_flight_limit = IN_FLIGHT_LIMIT
         self.replay_batch = replay_batch
+        self.read_ahead = read_ahead
+        self.delete_delay_s = delete_delay_s
+        self.delete_batch = delete_batch
         self.drop_report_period_s = drop_report_period_s
         self._sender = sender
         self._report = report
@@ -188,7 +210,10 @@ class Outbox:
         self._replay_inflight = 0
         self._cursor = 0  # the replay has sent every row up to this id (this connection)
         self._staged: list[QueuedMessage] = []  # to be put at the end of this loop turn
-        self._pending_delete: set[int] = set()  # acknowledged rows, deleted at turn end
+        self._pending_delete: set[int] = set()  # acknowledged rows, deleted in batches
+        self._delete_due = 0.0  # when the oldest of them is to be deleted at the latest
+        # Store rows read ahead by the replay, not sent yet (ids above _cursor, in order).
+        self._ahead: deque[QueuedMessage] = deque()
         self._flush_scheduled = False
         self._events: deque[tuple[str, bytes]] = deque(maxlen=EVENT_QUEUE)
         self._unreported_drops: dict[str, int] = {}
@@ -211,7 +236,8 @@ class Outbox:
         if self._closed:
             return 0
         in_memory = sum(1 for f in self._inflight.values() if not f.message.id)
-        return self.store.depth() + len(self._staged) + in_memory
+        stored = max(0, self.store.depth() - len(self._pending_delete))
+        return stored + len(self._staged) + in_memory
 
     def oldest_queued_age_s(self) -> float | None:
         """Age in seconds of the oldest reading not yet acknowledged (as ``max_age``
@@ -320,6 +346,7 @@ class Outbox:
             return 0
         self._sync = sync
         self.store.clock_changed()
+        self._ahead.clear()  # their payloads change
         done = self.store.restamp(sync, restamp_payload)
         before = list(self._staged)
         self._staged = [self._restamp(m, sync) for m in self._staged]
@@ -348,6 +375,7 @@ class Outbox:
             return
         self._online = True
         self._cursor = 0
+        self._ahead.clear()
         while self._events and self._online:
             topic, payload = self._events[0]
             if self._sender.publish(topic, payload, qos=1, retain=False) is None:
@@ -363,6 +391,7 @@ class Outbox:
         self._online = False
         self._save_unacknowledged()
         self._cursor = 0
+        self._ahead.clear()
 
     def published(self, mid: int, ok: bool) -> None:
         """The broker acknowledged message ``mid`` (``ok`` False: it refused it)."""
@@ -382,6 +411,13 @@ class Outbox:
                 log.error("the broker refused a reading on %s; not retrying", entry.message.topic)
         if entry.message.id:
             self._stored_inflight.discard(entry.message.id)
+            if not entry.replay:
+                # A live row (``always``, or deferred) may be among the rows read ahead;
+                # once deleted it would not be recognised there: read again.
+                self._ahead.clear()
+            if not self._pending_delete:
+                self._delete_due = self._clock() + self.delete_delay_s
+                self._wake.set()  # run() sleeps until the delete is due at the latest
             self._pending_delete.add(entry.message.id)
             self._schedule_flush()
 
@@ -410,16 +446,20 @@ class Outbox:
             # woke the replay.
             self._backlog = False
             return False
-        rows = self.store.take(room, after_id=self._cursor)
-        if not rows:
-            self._backlog = False
-            return False
-        for row in rows:
+        ahead = self._ahead
+        if not ahead:
+            ahead.extend(self.store.take(max(room, self.read_ahead), after_id=self._cursor))
+            if not ahead:
+                self._backlog = False
+                return False
+        while ahead and room > 0:
+            row = ahead.popleft()
             self._cursor = row.id
             if row.id in self._stored_inflight or row.id in self._pending_delete:
                 continue  # a live ``always`` reading in flight, or acknowledged already
             if not self._send(row, retain=False, replay=True):
                 return False  # connection lost: the disconnected event follows
+            room -= 1
         return True
 
     async def run(self) -> None:
@@ -445,6 +485,8 @@ class Outbox:
                 self._next_retry = self._clock() + RETRY_S
                 self._retry_storage()
             self._report_drops()
+            if self._pending_delete and self._clock() >= self._delete_due:
+                self._delete_acknowledged()
             while self.pump():
                 await asyncio.sleep(0)
 
@@ -457,6 +499,8 @@ class Outbox:
             timeout = min(timeout, self.drop_report_period_s)
         if self._online and self._staged:
             timeout = min(timeout, 1.0)  # a safety net; a connect wakes the replay anyway
+        if self._pending_delete:
+            timeout = min(timeout, self._delete_due - self._clock())
         return max(timeout, 0.01)
 
     async def drain(self, timeout: float) -> None:
@@ -469,17 +513,38 @@ class Outbox:
 
     def flush(self) -> None:
         """Write staged readings and delete acknowledged rows, one transaction each."""
+        self._flush(delete_all=True)
+
+    def _end_of_turn(self) -> None:
+        self._flush(delete_all=False)
+
+    def _flush(self, *, delete_all: bool) -> None:
+        """Write staged readings; delete acknowledged rows if ``delete_all``, or if enough
+        of them wait, or the oldest has waited ``delete_delay_s`` (see :meth:`published`).
+
+        Batching the deletes keeps a replay from writing a transaction to the SD card
+        every few messages (each rewrites the same pages into the WAL). The price: a
+        crash in between sends those rows once more after the restart - duplicates, as
+        QoS 1 permits, never a loss.
+        """
         self._flush_scheduled = False
         if self._closed:
             return
-        if self._pending_delete:
-            done, self._pending_delete = self._pending_delete, set()
-            self.store.delete(done)
+        if self._pending_delete and (
+            delete_all
+            or len(self._pending_delete) >= self.delete_batch
+            or self._clock() >= self._delete_due
+        ):
+            self._delete_acknowledged()
         if self._staged:
             staged, self._staged = self._staged, []
             self._put(staged)
             if self._online:
                 self._wake.set()  # deferred live readings: the replay takes them
+
+    def _delete_acknowledged(self) -> None:
+        done, self._pending_delete = self._pending_delete, set()
+        self.store.delete(done)
 
     def close(self) -> None:
         """Keep everything unacknowledged in the store, then close it; idempotent.
@@ -521,7 +586,7 @@ class Outbox:
             self.flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            self._defer(self.flush)
+            self._defer(self._end_of_turn)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -572,6 +637,7 @@ class Outbox:
         dropped = self.store.pop_dropped()
         if not dropped:
             return
+        self._ahead.clear()  # some of them may be gone
         for reason, n in dropped.items():
             self.counters["dropped"] += n
             self._unreported_drops[reason] = self._unreported_drops.get(reason, 0) + n
@@ -621,8 +687,11 @@ class Outbox:
         """Move the memory queue to the disk if it takes writes again."""
         if any(i >= MEMORY_IDS for i in self._stored_inflight):
             return  # their ids change when they move: wait for their acknowledgements
+        if self._pending_delete:
+            self._delete_acknowledged()  # memory entries among them get new ids in a move
         if self.store.retry():
             self._cursor = 0  # the moved entries are store rows now, with new ids
+            self._ahead.clear()
             self._check_dropped()
 
     def _report_drops(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -238,3 +238,83 @@ def test_deferred_readings_keep_their_order_across_a_disconnect(store: MessageSt
         for mid, *_ in fresh:
             outbox.published(mid, True)
     assert replayed == list(range(1, total + 1))
+
+
+class Turns:
+    """``defer`` for an outbox: the calls of a loop turn, run at its end by ``end()``."""
+
+    def __init__(self) -> None:
+        self.calls: list[Callable[[], None]] = []
+        self.now = 100.0
+
+    def __call__(self, call: Callable[[], None]) -> None:
+        self.calls.append(call)
+
+    def end(self) -> None:
+        calls, self.calls = self.calls, []
+        for call in calls:
+            call()
+
+
+def test_acknowledged_rows_are_deleted_in_batches_not_per_turn(store: MessageStore) -> None:
+    turns = Turns()
+    sender = FakeSender()
+    outbox = Outbox(
+        store=store,
+        sender=sender,
+        durability="offline",
+        report=lambda e: None,
+        defer=turns,
+        clock=lambda: turns.now,
+        delete_delay_s=0.25,
+        delete_batch=8,
+    )
+    for seq in range(1, 31):
+        submit(outbox, seq)
+    turns.end()
+    outbox.connected()
+    while outbox.pump():
+        pass
+    for mid, *_ in sender.sent[:5]:
+        outbox.published(mid, True)
+    turns.end()
+    assert store.depth() == 30, "five acknowledgements wait for more"
+    assert outbox.queue_depth() == 25, "but are not counted as queued"
+    turns.now += 0.3
+    turns.end()
+    outbox.published(sender.sent[5][0], True)  # a turn after the delay: all six go
+    turns.end()
+    assert store.depth() == 24
+    for mid, *_ in sender.sent[6:14]:  # a batch's worth goes at once
+        outbox.published(mid, True)
+    turns.end()
+    assert store.depth() == 16
+    outbox.published(sender.sent[14][0], True)
+    outbox.disconnected()  # what waits is deleted before the unacknowledged are kept
+    assert store.depth() == 15 and [m.seq for m in store.take(1)] == [16]
+
+
+def test_rows_read_ahead_that_the_limits_drop_are_not_sent(store: MessageStore) -> None:
+    """The replay reads rows ahead of its window. Live readings deferred to the store
+    while the window is full push the oldest out (max_messages is 50), some of them read
+    ahead already: those are not sent from the stale copy."""
+    outbox, sender, _ = make(store)
+    for seq in range(1, 46):
+        submit(outbox, seq)
+    outbox.connected()
+    while outbox.pump():
+        pass
+    assert sender.seqs() == list(range(1, 17)), "the replay window"
+    for seq in range(1001, 1041):  # 4 fit the in-flight limit, 36 are deferred
+        submit(outbox, seq)
+    assert outbox.counters["dropped"] == 35, "rows 1-35 went"
+    for mid, *_ in sender.sent[:16]:  # the replayed ones first: room for the replay
+        outbox.published(mid, True)
+    outbox.pump()
+    while True:
+        for mid, *_ in list(sender.sent):
+            outbox.published(mid, True)
+        if not outbox.pump():
+            break
+    replayed = [s for s in sender.seqs()[16:] if s < 1000]
+    assert replayed == list(range(36, 46)), replayed
