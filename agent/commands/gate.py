@@ -8,7 +8,10 @@ cannot keep up with piles up. So:
 
 - :class:`CommandGate` takes each message from the transport in O(1) into a bounded queue
   (``commands.queue_size``). A command that finds it full is dropped unanswered and
-  counted (result ``dropped``). A worker judges the queue :data:`BATCH` commands per loop
+  counted (result ``dropped``) - unless it is for a configured output that has no
+  command waiting: that one is still queued, so a flood on one output never drops
+  another output's command (the queue then holds at most ``queue_size`` plus one per
+  configured output). A worker judges the queue :data:`BATCH` commands per loop
   turn, so readings, health and the MQTT keepalive go on during a flood; a command that
   finds the queue empty, the first in its loop turn, is judged at once instead (no wait
   for the worker's turn). What is kept per
@@ -131,6 +134,7 @@ class CommandGate:
 
     Args:
         is_command: whether a topic is a set topic (anything else is not queued).
+        output_of: the configured output a set topic names, or None (an invented one).
         handle: judges and answers one command (the handler's ``handle``, as it is now).
         drop: counts a command dropped at the full queue (by its topic).
         queue_size: ``commands.queue_size``: commands waiting at most.
@@ -140,11 +144,15 @@ class CommandGate:
         self,
         *,
         is_command: Callable[[str], bool],
+        output_of: Callable[[str], str | None],
         handle: Callable[[IncomingMessage], None],
         drop: Callable[[IncomingMessage], None],
         queue_size: int,
     ) -> None:
         self._is_command = is_command
+        self._output_of = output_of
+        #: Commands waiting per configured output (an output with none is never dropped).
+        self._waiting: dict[str, int] = {}
         self._handle = handle
         self._drop = drop
         self.queue_size = queue_size
@@ -161,9 +169,13 @@ class CommandGate:
         """Queue a command (from the transport, on the loop); O(1), never blocks."""
         if not self._is_command(message.topic):
             return
-        if len(self._queue) >= self.queue_size:
+        output = self._output_of(message.topic)
+        waiting = self._waiting.get(output, 0) if output is not None else 0
+        if len(self._queue) >= self.queue_size and (output is None or waiting):
             self._drop(message)
             return
+        if output is not None:
+            self._waiting[output] = waiting + 1
         self._queue.append(_bounded(message))
         self._wake.set()
 
@@ -193,6 +205,11 @@ class CommandGate:
         while self._queue and done < limit:
             message = self._queue.popleft()
             done += 1
+            output = self._output_of(message.topic)
+            if output is not None:
+                left = self._waiting.pop(output, 1) - 1
+                if left:
+                    self._waiting[output] = left
             self._judge(message)
         return done
 

@@ -329,6 +329,7 @@ class Agent(TransportEvents):
         self.commands = self._command_handler()
         gate = self.command_gate = CommandGate(
             is_command=lambda topic: self.topics.set_topic_level(topic) is not None,
+            output_of=self._configured_output,
             handle=self._judge_command,
             drop=self._drop_command,
             queue_size=self.config.commands.queue_size,
@@ -496,6 +497,11 @@ class Agent(TransportEvents):
         """The gate's worker: judged by the handler of the config in force now."""
         if self.commands is not None:
             self.commands.handle(message)
+
+    def _configured_output(self, topic: str) -> str | None:
+        """The configured output that set topic ``topic`` names, or None."""
+        name = self.topics.set_topic_level(topic)
+        return name if name is not None and name in self.config.outputs else None
 
     def _drop_command(self, message: IncomingMessage) -> None:
         """A command that found the gate's queue full: counted, not answered."""

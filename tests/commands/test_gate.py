@@ -106,9 +106,14 @@ class Recorder:
         self.handled: list[IncomingMessage] = []
         self.dropped: list[IncomingMessage] = []
 
-    def gate(self, queue_size: int = 100) -> CommandGate:
+    def gate(self, queue_size: int = 100, outputs: tuple[str, ...] = ()) -> CommandGate:
+        def output_of(topic: str) -> str | None:
+            name = TOPICS.set_topic_level(topic)
+            return name if name in outputs else None
+
         return CommandGate(
             is_command=lambda topic: TOPICS.set_topic_level(topic) is not None,
+            output_of=output_of,
             handle=self.handled.append,
             drop=self.dropped.append,
             queue_size=queue_size,
@@ -129,6 +134,33 @@ def test_the_queue_is_bounded_and_what_does_not_fit_is_handed_to_drop() -> None:
     drain(gate)
     assert [m.payload for m in r.handled] == [str(n).encode() for n in range(50)], "in order"
     assert gate.depth() == 0
+
+
+def test_a_flood_on_one_output_never_drops_another_outputs_command() -> None:
+    r = Recorder()
+    gate = r.gate(queue_size=50, outputs=("pump", "fan", "valve"))
+    for n in range(1000):
+        gate.offer(command("pump", str(n).encode()))
+        if n == 500:
+            gate.offer(command("fan", b"first"))
+            gate.offer(command("fan", b"second"))  # the fan has one waiting: dropped
+    gate.offer(command("valve", b"late"))
+    gate.offer(command("ghost", b"invented"))  # no such output: dropped like the flood
+    assert gate.depth() == 50 + 2, "over the bound by one per configured output at most"
+    assert [m.payload for m in r.dropped if m.topic != TOPICS.output_set("pump")] == [
+        b"second",
+        b"invented",
+    ]
+    drain(gate)
+    assert [m.payload for m in r.handled] == [str(n).encode() for n in range(50)] + [
+        b"first",
+        b"late",
+    ], "in the order they came"
+    # Once the fan's command was judged, the fan may have one waiting again.
+    for _ in range(60):
+        gate.offer(command("pump", b"again"))
+    gate.offer(command("fan", b"third"))
+    assert gate.depth() == 51
 
 
 def test_a_queued_payload_is_cut_to_one_byte_over_the_limit() -> None:
@@ -158,7 +190,11 @@ def test_the_worker_judges_a_batch_per_loop_turn_and_survives_a_failing_command(
 
     async def scenario() -> None:
         gate = CommandGate(
-            is_command=lambda _topic: True, handle=handle, drop=lambda _m: None, queue_size=1000
+            is_command=lambda _topic: True,
+            output_of=lambda _topic: None,
+            handle=handle,
+            drop=lambda _m: None,
+            queue_size=1000,
         )
         worker = asyncio.create_task(gate.run())
         gate.offer(command(payload=b"boom"))
@@ -209,7 +245,11 @@ def test_take_survives_a_failing_command(caplog: pytest.LogCaptureFixture) -> No
 
     async def scenario() -> None:
         gate = CommandGate(
-            is_command=lambda _topic: True, handle=handle, drop=lambda _m: None, queue_size=10
+            is_command=lambda _topic: True,
+            output_of=lambda _topic: None,
+            handle=handle,
+            drop=lambda _m: None,
+            queue_size=10,
         )
         gate.take(command())
 
