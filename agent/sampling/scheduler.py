@@ -244,10 +244,13 @@ class Scheduler:
         driver = slot.driver
         self._hand_links(slot, driver)
         future = loop.run_in_executor(self._executor(slot), _read_sensor, driver)
+        timeout = asyncio.timeout(slot.timeout_s)
         try:
-            async with asyncio.timeout(slot.timeout_s):
+            async with timeout:
                 return await future
         except TimeoutError:
+            if not timeout.expired():
+                raise  # the driver's own (MeasurementTimeout is a TimeoutError)
             raise TransientError(f"read did not finish within {slot.timeout_s:g}s") from None
 
     def _hand_links(self, slot: SensorSlot, driver: Sensor) -> None:
