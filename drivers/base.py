@@ -16,7 +16,9 @@ from __future__ import annotations
 import abc
 import math
 import re
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
@@ -210,7 +212,8 @@ class Driver(abc.ABC):
 
 
 class Sensor(Driver):
-    """A sensor. Subclasses *must* implement :meth:`read`."""
+    """A sensor. Subclasses *must* implement :meth:`read`, or subclass
+    :class:`SteppedSensor` and implement its steps."""
 
     #: Fastest the chip may be read, in seconds; the config refuses a shorter interval.
     min_interval_s: ClassVar[float] = 0.0
@@ -230,6 +233,67 @@ class Sensor(Driver):
         between reads: keep it, and apply it in :meth:`read`. A driver with links *must*
         implement it."""
         raise NotImplementedError(f"{type(self).__name__} takes no linked quantity")
+
+
+#: A read in steps (:meth:`SteppedSensor.read_steps`): the generator does bus transactions
+#: between its yields, yields the seconds to wait before its next step, and returns the
+#: reading.
+ReadSteps = Generator[float, None, dict[str, float]]
+
+
+class SteppedSensor(Sensor):
+    """A sensor whose measurement is bus transactions with waits between them: write a
+    trigger, wait for the conversion, poll a status bit, fetch the result.
+
+    Subclasses *must* implement :meth:`read_steps` and set :attr:`step_lock`; :meth:`read`
+    is then the synchronous drive of the steps. The agent drives them itself instead: the
+    waits are timers on its event loop, not a sleeping thread, and each step runs on the
+    bus's worker thread, or on the loop when :attr:`steps_may_block` is False. Each step is
+    run under :attr:`step_lock`, held by whoever drives the steps, so a step is atomic on
+    the bus; between steps other chips on the bus may be talked to (a forced-mode
+    conversion runs inside the chip while the bus is free).
+    """
+
+    #: The lock every step runs under: :func:`drivers.hardware.bus_lock` of the chip's bus.
+    step_lock: threading.RLock
+    #: Whether a step may block: True on a real bus. False when every transaction is
+    #: answered from memory (an emulated chip on a fake bus under ``--simulate``,
+    #: :func:`drivers.hardware.bus_may_block`): the agent then runs the steps on its event
+    #: loop, with no worker thread.
+    steps_may_block: bool = True
+
+    @abc.abstractmethod
+    def read_steps(self) -> ReadSteps:
+        """One measurement as steps: do a step's transactions, ``yield`` the seconds to
+        wait before the next, ``return`` the reading (as :meth:`read` returns it).
+
+        A step must not sleep (yield the wait instead) nor take :attr:`step_lock` (its
+        driver holds it). The generator raises what :meth:`read` raises; it may be closed
+        at a yield (a timeout, the agent stopping) and must then leave nothing half done
+        that the next measurement does not redo.
+        """
+
+    def read(self) -> dict[str, float]:
+        """The steps of :meth:`read_steps` one after the other, holding :attr:`step_lock`
+        throughout and waiting with :meth:`sleep`."""
+        with self.step_lock:
+            return run_steps(self.read_steps(), self.sleep)
+
+    def sleep(self, seconds: float) -> None:
+        """How :meth:`read` waits between steps; a driver given a ``sleep`` by its
+        :class:`~drivers.hardware.Hardware` (virtual time in tests) overrides this."""
+        time.sleep(seconds)
+
+
+def run_steps(steps: ReadSteps, sleep: Callable[[float], None]) -> dict[str, float]:
+    """Drive ``steps`` to the end, waiting between them with ``sleep``: the reading."""
+    try:
+        wait = next(steps)
+        while True:
+            sleep(wait)
+            wait = steps.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 class Output(Driver):

@@ -6,7 +6,9 @@ differ only in the chip ids they accept and whether humidity exists.
 Every :meth:`~BME280.read` is one *forced-mode* measurement: write the settings, trigger,
 wait the datasheet's typical conversion time, poll the ``measuring`` bit until it clears
 (giving up after the datasheet's maximum time plus a margin), burst-read the ADC values and
-compensate them with Bosch's integer formulas. The chip sleeps between reads, which is the
+compensate them with Bosch's integer formulas. The measurement is also available in steps
+(:meth:`~BME280.read_steps`), so the agent waits for the conversion on its event loop
+instead of in a sleeping thread. The chip sleeps between reads, which is the
 datasheet's recommended "weather monitoring" use (section 3.5.1).
 
 The compensation formulas are pure functions of a :class:`Calibration` and the raw counts,
@@ -34,7 +36,7 @@ from typing import Annotated, ClassVar, Final, Literal
 
 import msgspec
 
-from drivers.base import DriverSpec, Quantity, Sensor, SensorOptions
+from drivers.base import DriverSpec, Quantity, ReadSteps, SensorOptions, SteppedSensor
 from drivers.compensation.bme280 import (
     CALIB_TP_LENGTH,
     TYPICAL_CALIBRATION,
@@ -57,7 +59,7 @@ from drivers.errors import (
     MeasurementTimeout,
     WrongDevice,
 )
-from drivers.hardware import Hardware, SimulatedHardware, bus_lock
+from drivers.hardware import Hardware, SimulatedHardware, bus_lock, bus_may_block
 from drivers.protocols.i2c import Registers, SMBusLike
 from drivers.sim.signal import SimulatedSignal
 
@@ -149,7 +151,7 @@ class _Raw:
     adc_h: int | None
 
 
-class _BoschSensor(Sensor):
+class _BoschSensor(SteppedSensor):
     """BME280 and BMP280: one code path, parametrised by the class attributes below."""
 
     chip: ClassVar[str]
@@ -185,7 +187,8 @@ class _BoschSensor(Sensor):
         self.resource = resource
         self._name = f"{self.chip} at 0x{address:02X}" + (f" on {resource}" if resource else "")
         self._regs = Registers(bus, address, self._name)
-        self._lock = bus_lock(bus)
+        self._lock = self.step_lock = bus_lock(bus)
+        self.steps_may_block = bus_may_block(bus)
         self._closed = False
         self._oversampling = (
             temperature_oversampling,
@@ -254,8 +257,11 @@ class _BoschSensor(Sensor):
 
     # -- measuring --------------------------------------------------------------------------
 
-    def read(self) -> dict[str, float]:
-        """One forced-mode measurement.
+    def read_steps(self) -> ReadSteps:
+        """One forced-mode measurement, in steps (:class:`~drivers.base.SteppedSensor`;
+        :meth:`read` runs them with ``time.sleep``): write the settings and trigger, wait
+        the datasheet's typical conversion time, poll ``measuring`` until it clears
+        (0.5 ms apart), fetch the ADC values.
 
         Returns:
             ``temperature`` (°C), ``humidity`` (%RH, BME280 only) and ``pressure`` (hPa,
@@ -269,11 +275,6 @@ class _BoschSensor(Sensor):
         """
         if self._closed:
             raise ValueError(f"{self._name} is closed")
-        with self._lock:
-            raw = self._measure()
-        return self._compensate(raw)
-
-    def _measure(self) -> _Raw:
         # ctrl_hum takes effect only with the next ctrl_meas write, so it goes first; config
         # is honoured in sleep mode only, so it goes before the trigger too.
         if self.has_humidity:
@@ -281,8 +282,8 @@ class _BoschSensor(Sensor):
         self._regs.write(REG_CONFIG, self._config)
         self._regs.write(REG_CTRL_MEAS, self._ctrl_meas)
         deadline = time.monotonic() + self._timeout_s
-        time.sleep(self._typical_s)
-        # The status is read once more after the deadline, so a thread that was descheduled
+        yield self._typical_s
+        # The status is read once more after the deadline, so a read that was descheduled
         # past it does not report a timeout for a measurement that had finished.
         while self._regs.read(REG_STATUS)[0] & STATUS_MEASURING:
             if time.monotonic() >= deadline:
@@ -290,12 +291,14 @@ class _BoschSensor(Sensor):
                     f"{self._name}: still measuring after {self._timeout_s * 1000:.1f} ms"
                     f" (datasheet maximum {self._max_s * 1000:.1f} ms)"
                 )
-            time.sleep(_POLL_INTERVAL_S)
+            yield _POLL_INTERVAL_S
         data = self._regs.read(REG_DATA, 8 if self.has_humidity else 6)
-        return _Raw(
-            adc_p=(data[0] << 12) | (data[1] << 4) | (data[2] >> 4),
-            adc_t=(data[3] << 12) | (data[4] << 4) | (data[5] >> 4),
-            adc_h=(data[6] << 8) | data[7] if self.has_humidity else None,
+        return self._compensate(
+            _Raw(
+                adc_p=(data[0] << 12) | (data[1] << 4) | (data[2] >> 4),
+                adc_t=(data[3] << 12) | (data[4] << 4) | (data[5] >> 4),
+                adc_h=(data[6] << 8) | data[7] if self.has_humidity else None,
+            )
         )
 
     def _compensate(self, raw: _Raw) -> dict[str, float]:

@@ -55,6 +55,14 @@ def bus_lock(bus: object) -> threading.RLock:
         return lock
 
 
+def bus_may_block(bus: object) -> bool:
+    """Whether a transaction on ``bus`` may block: True for a real bus (an ``smbus2.SMBus``
+    waits for the adapter and the chip). A fake bus whose chips answer from memory says
+    False with a ``may_block`` attribute (:class:`~drivers.sim.fake_smbus.FakeSMBus`), and
+    a :class:`~drivers.base.SteppedSensor` on it is read on the agent's event loop."""
+    return bool(getattr(bus, "may_block", True))
+
+
 class Hardware:
     """The hardware a driver may ask for.
 

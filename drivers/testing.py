@@ -10,7 +10,10 @@ without any hardware:
    runs the chip's conversion backwards, not a copy of the configured numbers;
 4. with failures injected (``simulation.fail_rate``) every error a read raises is a
    :class:`~drivers.errors.TransientError`, and failures do happen;
-5. ``close()`` twice is harmless, and the driver works as a context manager.
+5. ``close()`` twice is harmless, and the driver works as a context manager;
+6. a :class:`~drivers.base.SteppedSensor` gives the same values read in steps (as the agent
+   reads it: each step under its ``step_lock``, the waits between them) as from ``read()``,
+   yields only waits that are finite seconds ≥ 0, and fails in steps as ``read()`` does.
 
 Every check raises ``AssertionError`` saying what failed.
 """
@@ -20,14 +23,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 
 import msgspec
 import yaml
 
 from drivers._yaml import YAML12Loader
-from drivers.base import DriverSpec, Options, Quantity, Sensor, parse_duration
+from drivers.base import DriverSpec, Options, Quantity, Sensor, SteppedSensor, parse_duration
 from drivers.errors import DriverError, TransientError
 from drivers.hardware import SimulatedHardware
 
@@ -198,6 +201,16 @@ def _check_round_trip(spec: DriverSpec, entry: dict[str, Any], share: float) -> 
                     "implement receive()"
                 )
             for attempt in range(3):
+                stepped = None
+                if isinstance(driver, SteppedSensor):
+                    try:
+                        stepped = _read_in_steps(spec, driver)
+                    except TransientError as e:
+                        raise AssertionError(
+                            f"{spec.name}: a read in steps failed with fail_rate 0: "
+                            f"{type(e).__name__}: {e}"
+                        ) from e
+                    _check_values(spec, quantities, stepped)
                 try:
                     values = _read(spec, driver)
                 except TransientError as e:
@@ -205,6 +218,8 @@ def _check_round_trip(spec: DriverSpec, entry: dict[str, Any], share: float) -> 
                         f"{spec.name}: a read failed with fail_rate 0: {type(e).__name__}: {e}"
                     ) from e
                 _check_values(spec, quantities, values)
+                if stepped is not None:
+                    _check_same(spec, quantities, values, stepped)
                 for name, want in chosen.items():
                     assert name in values, (
                         f"{spec.name}: simulated {name}={want} but the reading has no {name!r}: "
@@ -249,9 +264,12 @@ def _check_failures(spec: DriverSpec, entry: dict[str, Any]) -> None:
                 failures.append(e)
         assert driver is not None, f"{spec.name}: 100 opens at fail_rate {FAIL_RATE} all failed"
         try:
-            for _ in range(40):
+            for i in range(40):
                 try:
-                    _read(spec, driver)
+                    if isinstance(driver, SteppedSensor) and i % 2 == 0:
+                        _read_in_steps(spec, driver)
+                    else:
+                        _read(spec, driver)
                 except TransientError as e:
                     failures.append(e)
         finally:
@@ -299,6 +317,68 @@ def _read(spec: DriverSpec, driver: Sensor) -> dict[str, float]:
             f"{spec.name}: a read raised {type(e).__name__} ({e}), which is not a "
             "drivers.errors.TransientError: the scheduler would not retry it"
         ) from e
+
+
+def _read_in_steps(spec: DriverSpec, driver: SteppedSensor) -> dict[str, float]:
+    """One read in steps, driven as the agent drives it (each step under ``step_lock``,
+    the waits between with the driver's own ``sleep``); a transient error passes through."""
+    assert isinstance(getattr(driver, "steps_may_block", None), bool), (
+        f"{spec.name}: steps_may_block must be True or False"
+    )
+    lock = getattr(driver, "step_lock", None)
+    assert lock is not None and hasattr(lock, "acquire") and hasattr(lock, "release"), (
+        f"{spec.name}: a SteppedSensor must set step_lock (bus_lock(bus))"
+    )
+    try:
+        steps = driver.read_steps()
+        assert isinstance(steps, Generator), (
+            f"{spec.name}: read_steps() returned {type(steps).__name__}, not a generator"
+        )
+        try:
+            while True:
+                with lock:
+                    wait = next(steps)
+                assert isinstance(wait, int | float) and not isinstance(wait, bool), (
+                    f"{spec.name}: read_steps() yielded {wait!r}: it yields seconds to wait"
+                )
+                assert math.isfinite(wait) and wait >= 0, (
+                    f"{spec.name}: read_steps() yielded a wait of {wait!r} s"
+                )
+                driver.sleep(wait)
+        except StopIteration as done:
+            values: dict[str, float] = done.value
+            return values
+    except TransientError:
+        raise
+    except AssertionError:
+        raise
+    except DriverError as e:
+        raise AssertionError(
+            f"{spec.name}: a read in steps raised {type(e).__name__} ({e}); with failures "
+            "injected only TransientError subclasses may come out"
+        ) from e
+    except Exception as e:
+        raise AssertionError(
+            f"{spec.name}: a read in steps raised {type(e).__name__} ({e}), which is not a "
+            "drivers.errors.TransientError: the scheduler would not retry it"
+        ) from e
+
+
+def _check_same(
+    spec: DriverSpec,
+    quantities: Mapping[str, Quantity],
+    values: dict[str, float],
+    stepped: dict[str, float],
+) -> None:
+    assert set(stepped) == set(values), (
+        f"{spec.name}: read() gave {sorted(values)} but the read in steps {sorted(stepped)}"
+    )
+    for name, value in values.items():
+        step = quantities[name].step_at(value)
+        assert abs(stepped[name] - value) <= step * 1.0001, (
+            f"{spec.name}: {name} is {value} from read() but {stepped[name]} read in steps: "
+            f"more than one resolution step ({step:g}) apart"
+        )
 
 
 def _check_lifecycle(spec: DriverSpec, entry: dict[str, Any]) -> None:

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -34,7 +36,7 @@ from agent.clock import ClockSource, stamp
 from agent.events import Event, EventSink, RateLimiter
 from agent.filters.chain import SensorChain
 from agent.mqtt.payloads import Reading
-from drivers.base import DriverSpec, Sensor, SensorOptions
+from drivers.base import DriverSpec, ReadSteps, Sensor, SensorOptions, SteppedSensor
 from drivers.errors import DriverError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -241,17 +243,59 @@ class Scheduler:
         if slot.driver is None:
             async with asyncio.timeout(slot.timeout_s):
                 slot.driver = await loop.run_in_executor(self._executor(slot), _open_sensor, slot)
+            self._retire_opener(slot)
         driver = slot.driver
         self._hand_links(slot, driver)
-        future = loop.run_in_executor(self._executor(slot), _read_sensor, driver)
         timeout = asyncio.timeout(slot.timeout_s)
         try:
             async with timeout:
-                return await future
+                if isinstance(driver, SteppedSensor):
+                    return await self._read_steps(slot, driver)
+                return await loop.run_in_executor(self._executor(slot), _read_sensor, driver)
         except TimeoutError:
             if not timeout.expired():
                 raise  # the driver's own (MeasurementTimeout is a TimeoutError)
             raise TransientError(f"read did not finish within {slot.timeout_s:g}s") from None
+
+    async def _read_steps(self, slot: SensorSlot, driver: SteppedSensor) -> dict[str, float]:
+        """Drive a stepped read: the waits are loop timers; each step runs under the bus's
+        lock, on the loop when the bus cannot block and the lock is free at once, else on
+        the bus's worker (behind whatever holds the bus there)."""
+        loop = asyncio.get_running_loop()
+        steps = driver.read_steps()
+        lock = driver.step_lock
+        inline = not driver.steps_may_block
+        try:
+            while True:
+                if inline and lock.acquire(blocking=False):
+                    try:
+                        done, result = _step(steps)
+                    finally:
+                        lock.release()
+                else:
+                    done, result = await loop.run_in_executor(
+                        self._executor(slot), _locked_step, steps, lock
+                    )
+                if done:
+                    assert isinstance(result, dict)
+                    return result
+                assert isinstance(result, float | int)
+                await asyncio.sleep(result)
+        finally:
+            # Abandoned at a wait (a timeout, a stop): let the driver clean up. A step still
+            # running on a hung worker cannot be closed; it is dropped with its worker.
+            with contextlib.suppress(ValueError):
+                steps.close()
+
+    def _retire_opener(self, slot: SensorSlot) -> None:
+        """Stop the thread that opened ``slot``'s driver when its reads go elsewhere (the
+        bus's worker, or the loop): an idle thread per sensor for nothing."""
+        driver = slot.driver
+        if driver is None or not driver.resource:
+            return
+        opener = self._executors.pop(f"s:{slot.name}", None)
+        if opener is not None:
+            opener.shutdown(wait=False)
 
     def _hand_links(self, slot: SensorSlot, driver: Sensor) -> None:
         """The latest values of the sensors ``slot`` is linked to (DriverSpec.links)."""
@@ -341,6 +385,23 @@ def _links(slots: list[SensorSlot]) -> dict[str, list[tuple[str, SensorSlot]]]:
 
 def _open_sensor(slot: SensorSlot) -> Sensor:
     return slot.open()
+
+
+def _step(steps: ReadSteps) -> tuple[bool, float | dict[str, float]]:
+    """One step of a stepped read: ``(False, seconds to wait)`` or ``(True, reading)``."""
+    try:
+        return False, next(steps)
+    except StopIteration as finished:
+        return True, finished.value
+    except DriverError:
+        raise
+    except OSError as e:  # a driver that let a bus error through
+        raise TransientError(str(e)) from e
+
+
+def _locked_step(steps: ReadSteps, lock: threading.RLock) -> tuple[bool, float | dict[str, float]]:
+    with lock:
+        return _step(steps)
 
 
 def _read_sensor(driver: Sensor) -> dict[str, float]:

@@ -66,10 +66,16 @@ class _Fault:
 
 
 class FakeSMBus:
-    """An SMBus-like bus holding :class:`I2CDevice` objects by address."""
+    """An SMBus-like bus holding :class:`I2CDevice` objects by address.
 
-    def __init__(self, bus: int = 1, *, seed: int | None = None) -> None:
+    Its chips answer from memory, so by default it says its transactions cannot block
+    (``may_block``, :func:`drivers.hardware.bus_may_block`); ``may_block=True`` makes it
+    stand for a real bus (a test of where the agent runs a read, or a chip that hangs).
+    """
+
+    def __init__(self, bus: int = 1, *, seed: int | None = None, may_block: bool = False) -> None:
         self.bus = bus
+        self.may_block = may_block
         self.devices: dict[int, I2CDevice | CommandChip] = {}
         #: Share (0..1) of transactions per address that fail with a NACK.
         self.fail_rate: dict[int, float] = {}

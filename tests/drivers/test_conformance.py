@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
-from drivers.base import DriverSpec, Quantity, Sensor, SensorOptions
+from drivers.base import DriverSpec, Quantity, ReadSteps, Sensor, SensorOptions, SteppedSensor
 from drivers.errors import BusError
 from drivers.hardware import Hardware, SimulatedHardware
 from drivers.registry import DRIVERS
@@ -43,6 +44,31 @@ class Gauge(Sensor):
         self.closed = True
 
 
+class SteppedGauge(SteppedSensor):
+    """The gauge read in steps: trigger, wait, fetch; ``broken`` breaks one thing."""
+
+    def __init__(self, source: dict[str, Any], broken: dict[str, Any]) -> None:
+        self.source = source
+        self.broken = broken
+        self.step_lock = threading.RLock()
+        self.steps_may_block = False
+
+    def read_steps(self) -> ReadSteps:
+        if self.source["rng"].random() < self.source["fail_rate"]:
+            raise self.broken.get("steps_error", BusError("nack"))
+        yield self.broken.get("wait", 0.002)
+        scale = self.broken.get("steps_scale", 1.0)
+        return {"level": round(self.source["level"] * scale, 1)}
+
+    def read(self) -> dict[str, float]:
+        if self.broken.get("read_differs"):
+            return {"level": round(self.source["level"], 1)}  # scale left out, as a bug would
+        return super().read()
+
+    def close(self) -> None:
+        pass
+
+
 def make_spec(**broken: Any) -> DriverSpec:
     import random
 
@@ -58,7 +84,9 @@ def make_spec(**broken: Any) -> DriverSpec:
             **({"error": broken["error"]} if "error" in broken else {}),
         }
 
-    def open_gauge(options: GaugeOptions, hardware: Hardware) -> Gauge:
+    def open_gauge(options: GaugeOptions, hardware: Hardware) -> Sensor:
+        if broken.get("stepped"):
+            return SteppedGauge(sources[id(hardware)], broken)
         return Gauge(
             sources[id(hardware)], close_twice_fails=broken.get("close_twice_fails", False)
         )
@@ -139,3 +167,23 @@ def test_a_sample_without_the_driver_fails() -> None:
 
 def test_the_sample_entry_is_read_with_yaml_1_2_booleans() -> None:
     assert sample_entry(DRIVERS["relay"])["initial"] == "off"
+
+
+def test_a_driver_read_in_steps_passes() -> None:
+    check_driver(make_spec(stepped=True))
+
+
+def test_steps_that_give_other_values_than_read_fail() -> None:
+    with pytest.raises(AssertionError, match=r"from read\(\) but .* read in steps"):
+        check_driver(make_spec(stepped=True, steps_scale=1.01, read_differs=True))
+
+
+@pytest.mark.parametrize("wait", [-1.0, float("nan"), "1ms", None])
+def test_steps_must_yield_seconds_to_wait(wait: object) -> None:
+    with pytest.raises(AssertionError, match="yielded"):
+        check_driver(make_spec(stepped=True, wait=wait))
+
+
+def test_steps_that_fail_with_something_else_than_a_transient_error_fail() -> None:
+    with pytest.raises(AssertionError, match=r"in steps raised ValueError"):
+        check_driver(make_spec(stepped=True, steps_error=ValueError("bad crc")))
