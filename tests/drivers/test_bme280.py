@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import msgspec
@@ -680,3 +681,42 @@ def test_any_physical_value_comes_back_through_emulator_and_driver(
     assert values["temperature"] == pytest.approx(celsius, abs=RESOLUTION["temperature"])
     assert values["pressure"] == pytest.approx(hpa, abs=RESOLUTION["pressure"])
     assert values["humidity"] == pytest.approx(rh, abs=RESOLUTION["humidity"])
+
+
+def bisect_nearest(compensate: Callable[[int], int], target: int, bits: int) -> int:
+    """Plain bisection for the first count at or past ``target``, then the best neighbour."""
+    lo, hi = 0, (1 << bits) - 1
+    rising = compensate(hi) >= compensate(lo)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        value = compensate(mid)
+        if (value >= target) if rising else (value <= target):
+            hi = mid
+        else:
+            lo = mid + 1
+    candidates = [c for c in (lo - 1, lo, lo + 1) if 0 <= c < 1 << bits]
+    return min(candidates, key=lambda c: abs(compensate(c) - target))
+
+
+@settings(max_examples=300)
+@given(
+    calibration=st.sampled_from([TYPICAL_CALIBRATION, NEGATIVE_CALIBRATION]),
+    celsius=st.floats(-45, 90),
+    hpa=st.floats(250, 1150),
+    rh=st.floats(-5, 105),
+)
+def test_the_emulators_search_finds_the_count_bisection_finds(
+    calibration: Calibration, celsius: float, hpa: float, rh: float
+) -> None:
+    def temperature(adc: int) -> int:
+        return compensate_temperature(calibration, adc)[0]
+
+    adc_t = compensation.raw_temperature(calibration, celsius)
+    assert adc_t == bisect_nearest(temperature, round(celsius * 100), 20)
+    _, t_fine = compensate_temperature(calibration, adc_t)
+    assert compensation.raw_pressure(calibration, t_fine, hpa) == bisect_nearest(
+        lambda adc: compensate_pressure(calibration, t_fine, adc), round(hpa * 25600), 20
+    )
+    assert compensation.raw_humidity(calibration, t_fine, rh) == bisect_nearest(
+        lambda adc: compensate_humidity(calibration, t_fine, adc), round(rh * 1024), 16
+    )
