@@ -22,6 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+#: How many transactions :attr:`FakeSMBus.log` and :attr:`FakeSMBus.writes` keep at least
+#: (when they reach twice as many, the older half goes).
+KEEP_TRANSACTIONS = 20_000
+
 
 def nack() -> OSError:
     """The error a real bus raises when nobody acknowledges."""
@@ -81,15 +85,27 @@ class FakeSMBus:
         self.fail_rate: dict[int, float] = {}
         #: (address, register) pairs that always NACK.
         self.nack_registers: set[tuple[int, int]] = set()
-        #: Every write as (address, register, bytes), in order.
+        #: Every write as (address, register, bytes), in order: at least the latest
+        #: :data:`KEEP_TRANSACTIONS` (``--simulate`` runs for weeks).
         self.writes: list[tuple[int, int, bytes]] = []
-        #: Every transaction as (address, "w" | "r", bytes written or read), in order.
+        #: Every transaction as (address, "w" | "r", bytes written or read), in order: at
+        #: least the latest :data:`KEEP_TRANSACTIONS`.
         self.log: list[tuple[int, Literal["w", "r"], bytes]] = []
         self.closed = False
         self._faults: list[_Fault] = []
         self._random = random.Random(seed)
         self._pointer: dict[int, int] = {}
         self._lock = threading.Lock()
+
+    def _log(self, entry: tuple[int, Literal["w", "r"], bytes]) -> None:
+        self.log.append(entry)
+        if len(self.log) >= 2 * KEEP_TRANSACTIONS:
+            del self.log[:KEEP_TRANSACTIONS]
+
+    def _write_log(self, entry: tuple[int, int, bytes]) -> None:
+        self.writes.append(entry)
+        if len(self.writes) >= 2 * KEEP_TRANSACTIONS:
+            del self.writes[:KEEP_TRANSACTIONS]
 
     def attach(
         self, address: int, device: I2CDevice | CommandChip, *, fail_rate: float = 0.0
@@ -150,14 +166,14 @@ class FakeSMBus:
         if not isinstance(chip, CommandChip):
             raise TypeError(f"0x{address:02X} is a register chip")
         chip.command(data)
-        self.log.append((address, "w", data))
+        self._log((address, "w", data))
 
     def _answer(self, address: int, length: int) -> bytes:
         chip = self._chip(address)
         if not isinstance(chip, CommandChip):
             raise TypeError(f"0x{address:02X} is a register chip")
         data = chip.answer(length)
-        self.log.append((address, "r", data))
+        self._log((address, "r", data))
         return data
 
     def write_byte(self, i2c_addr: int, value: int, force: bool | None = None) -> None:
@@ -168,7 +184,7 @@ class FakeSMBus:
             else:
                 self._device(i2c_addr, value)
                 self._pointer[i2c_addr] = value
-                self.log.append((i2c_addr, "w", bytes([value])))
+                self._log((i2c_addr, "w", bytes([value])))
 
     def read_byte(self, i2c_addr: int, force: bool | None = None) -> int:
         with self._lock:
@@ -176,7 +192,7 @@ class FakeSMBus:
                 return self._answer(i2c_addr, 1)[0]
             register = self._pointer.get(i2c_addr, 0)
             data = self._device(i2c_addr, register).read_registers(register, 1)
-            self.log.append((i2c_addr, "r", data))
+            self._log((i2c_addr, "r", data))
             return data[0]
 
     def read_byte_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int:
@@ -196,7 +212,7 @@ class FakeSMBus:
                 self._command(i2c_addr, bytes([register]))
                 return list(self._answer(i2c_addr, length))
             data = self._device(i2c_addr, register).read_registers(register, length)
-            self.log.append((i2c_addr, "r", data))
+            self._log((i2c_addr, "r", data))
             return list(data)
 
     def write_i2c_block_data(
@@ -208,8 +224,8 @@ class FakeSMBus:
                 self._command(i2c_addr, bytes([register]) + payload)
                 return
             self._device(i2c_addr, register).write_registers(register, payload)
-            self.writes.append((i2c_addr, register, payload))
-            self.log.append((i2c_addr, "w", bytes([register]) + payload))
+            self._write_log((i2c_addr, register, payload))
+            self._log((i2c_addr, "w", bytes([register]) + payload))
 
     def i2c_rdwr(self, *messages: Any) -> None:
         """Combined transactions of :class:`smbus2.i2c_msg`. To a register chip a write sets
@@ -225,7 +241,7 @@ class FakeSMBus:
                     else:
                         register = self._pointer.get(address, 0)
                         data = self._device(address, register).read_registers(register, msg.len)
-                        self.log.append((address, "r", data))
+                        self._log((address, "r", data))
                     for i, byte in enumerate(data[: msg.len]):
                         msg.buf[i] = byte
                 else:
@@ -238,16 +254,16 @@ class FakeSMBus:
                         continue
                     device = self._device(address, raw[0])
                     self._pointer[address] = raw[0]
-                    self.log.append((address, "w", raw))
+                    self._log((address, "w", raw))
                     if len(raw) > 1:
                         device.write_registers(raw[0], raw[1:])
-                        self.writes.append((address, raw[0], raw[1:]))
+                        self._write_log((address, raw[0], raw[1:]))
 
     def write_quick(self, i2c_addr: int, force: bool | None = None) -> None:
         """SMBus quick write: only the address, ACKed or NACKed (i2cdetect's probe)."""
         with self._lock:
             self._chip(i2c_addr)
-            self.log.append((i2c_addr, "w", b""))
+            self._log((i2c_addr, "w", b""))
 
     def probe(self, address: int) -> bool:
         """Whether anything acknowledges ``address`` (what ``i2cdetect`` asks)."""

@@ -106,3 +106,18 @@ def test_simulated_signals_take_the_configs_values_and_the_drivers_defaults() ->
     assert signals["humidity"].next() == 45.0
     with pytest.raises(HardwareConfigError, match="presure"):
         simulated_signals({"presure": 1000.0}, {"pressure": 1013.25}, random.Random(1))
+
+
+def test_the_fake_bus_keeps_the_latest_transactions_not_all_of_them() -> None:
+    from drivers.bme280 import REG_CONFIG, EmulatedBME280
+    from drivers.sim.fake_smbus import KEEP_TRANSACTIONS, FakeSMBus
+
+    bus = FakeSMBus(1)
+    bus.attach(0x76, EmulatedBME280())
+    for i in range(3 * KEEP_TRANSACTIONS):
+        bus.write_byte_data(0x76, REG_CONFIG, i & 0xFC)
+    assert KEEP_TRANSACTIONS <= len(bus.writes) < 2 * KEEP_TRANSACTIONS
+    assert KEEP_TRANSACTIONS <= len(bus.log) < 2 * KEEP_TRANSACTIONS
+    last = (3 * KEEP_TRANSACTIONS - 1) & 0xFC
+    assert bus.writes[-1] == (0x76, REG_CONFIG, bytes([last]))
+    assert bus.log[-1] == (0x76, "w", bytes([REG_CONFIG, last]))
