@@ -2,7 +2,9 @@
 
 Every :meth:`~BME680.read` is one *forced-mode* measurement: write oversampling, filter and
 the heater profile (set-point 0: target temperature and duration), trigger, wait the
-conversion plus heating time, poll ``new_data_0`` and burst-read field 0 (0x1D..0x2D).
+conversion plus heating time, poll ``new_data_0`` and burst-read field 0 (0x1D..0x2D). The
+measurement is also available in steps (:meth:`~BME680.read_steps`), so the agent waits
+for the conversion and the heater on its event loop instead of in a sleeping thread.
 
 - **Which chip.** The chip id (0xD0) must be 0x61; the variant id (0xF0) says BME680 (0x00)
   or BME688 (0x01). They differ in the gas ADC: the BME680's result sits at 0x2A/0x2B and
@@ -36,7 +38,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from drivers.base import DriverSpec, Quantity, Sensor, SensorOptions
+from drivers.base import DriverSpec, Quantity, ReadSteps, SensorOptions, SteppedSensor
 from drivers.compensation.bme680 import (
     COEFF1_LENGTH,
     COEFF2_LENGTH,
@@ -66,7 +68,7 @@ from drivers.errors import (
     MeasurementTimeout,
     WrongDevice,
 )
-from drivers.hardware import Hardware, SimulatedHardware, bus_lock
+from drivers.hardware import Hardware, SimulatedHardware, bus_lock, bus_may_block
 from drivers.protocols.i2c import Registers, SMBusLike
 from drivers.sim.signal import SimulatedSignal, simulated_signals
 
@@ -162,7 +164,7 @@ def decode_field(data: bytes, variant: Variant) -> Raw:
     )
 
 
-class BME680(Sensor):
+class BME680(SteppedSensor):
     """A Bosch BME680 or BME688 (told apart by its variant id), in forced mode.
 
     Args:
@@ -216,7 +218,8 @@ class BME680(Sensor):
         self.address = address
         self.resource = resource
         self._regs = Registers(bus, address, f"BME68x at 0x{address:02X}")
-        self._lock = bus_lock(bus)
+        self._lock = self.step_lock = bus_lock(bus)
+        self.steps_may_block = bus_may_block(bus)
         self._clock = clock
         self._sleep = sleep
         self._closed = False
@@ -254,8 +257,11 @@ class BME680(Sensor):
         if self.calibration.par_t1 == 0 or self.calibration.par_p1 == 0:
             raise ChecksumError(f"{self._name}: calibration data is blank")
 
-    def read(self) -> dict[str, float]:
-        """One forced measurement, with a gas conversion if the heater is configured.
+    def read_steps(self) -> ReadSteps:
+        """One forced measurement, with a gas conversion if the heater is configured, in
+        steps (:class:`~drivers.base.SteppedSensor`; :meth:`read` runs them with the
+        ``sleep`` it was given): write the settings and trigger, wait the conversion plus
+        heating time, poll ``new_data_0`` (5 ms apart), fetch field 0.
 
         Returns:
             ``temperature`` (°C), ``humidity`` (%RH), ``pressure`` (hPa) and
@@ -269,11 +275,6 @@ class BME680(Sensor):
         """
         if self._closed:
             raise ValueError(f"{self._name} is closed")
-        with self._lock:
-            raw = self._measure()
-        return self._compensate(raw)
-
-    def _measure(self) -> Raw:
         osrs_t, osrs_p, osrs_h = self._osrs
         gas = self.heater_temperature_c is not None
         regs = self._regs
@@ -301,7 +302,7 @@ class BME680(Sensor):
         if gas:
             duration += gas_wait_ms(gas_wait_code(self.heater_duration_ms)) / 1000.0
         deadline = self._clock() + duration * 1.25 + _TIMEOUT_EXTRA_S
-        self._sleep(duration)
+        yield duration
         while True:
             data = regs.read(REG_FIELD0, FIELD_LENGTH)
             if data[0] & STATUS_NEW_DATA:
@@ -310,8 +311,12 @@ class BME680(Sensor):
                 raise MeasurementTimeout(
                     f"{self._name}: no new data {duration * 1000:.0f} ms after the trigger"
                 )
-            self._sleep(_POLL_S)
-        return decode_field(data, self.variant)
+            yield _POLL_S
+        return self._compensate(decode_field(data, self.variant))
+
+    def sleep(self, seconds: float) -> None:
+        """The ``sleep`` this driver was given (virtual time in tests)."""
+        self._sleep(seconds)
 
     def _compensate(self, raw: Raw) -> dict[str, float]:
         cal = self.calibration

@@ -260,6 +260,31 @@ def test_the_driver_waits_the_conversion_plus_the_heating_time() -> None:
     assert clock.now - start >= 0.5
 
 
+def test_read_in_steps_the_conversion_and_heating_time_is_a_wait_between_steps() -> None:
+    bus, _, clock = emulated(
+        "bme680", **{name: SimulatedSignal(value) for name, value in VALUES.items()}
+    )
+    sensor = open_emulated(bus, clock, heater_duration_ms=500)
+    assert sensor.steps_may_block is False  # an emulated bus: the agent reads it on its loop
+    bus.writes.clear()
+    clock.sleeps.clear()  # the reset's start-up time, at open
+    steps = sensor.read_steps()
+    waits: list[float] = []
+    try:
+        wait = next(steps)
+        while True:
+            assert bus.writes[-1][1] == 0x74  # the trigger, then only reads of field 0
+            waits.append(wait)
+            clock.advance(wait)
+            wait = steps.send(None)
+    except StopIteration as done:
+        reading = done.value
+    assert clock.sleeps == []  # no step sleeps: the waits are the caller's
+    assert waits[0] >= 0.5  # the conversion plus the heater's 500 ms
+    assert reading["gas_resistance"] == pytest.approx(87000.0, rel=0.001)
+    assert set(reading) == set(sensor.read())
+
+
 def test_an_unstable_heater_is_not_a_reading() -> None:
     bus, _, clock = emulated(heat_up_ms=200)
     sensor = open_emulated(bus, clock, heater_duration_ms=50)
