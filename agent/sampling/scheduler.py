@@ -241,8 +241,18 @@ class Scheduler:
             return _read_sensor(slot.driver)
         loop = asyncio.get_running_loop()
         if slot.driver is None:
-            async with asyncio.timeout(slot.timeout_s):
-                slot.driver = await loop.run_in_executor(self._executor(slot), _open_sensor, slot)
+            opening = asyncio.timeout(slot.timeout_s)
+            try:
+                async with opening:
+                    slot.driver = await loop.run_in_executor(
+                        self._executor(slot), _open_sensor, slot
+                    )
+            except TimeoutError:
+                if not opening.expired():
+                    raise
+                raise TransientError(
+                    f"opening the sensor did not finish within {slot.timeout_s:g}s"
+                ) from None
             self._retire_opener(slot)
         driver = slot.driver
         self._hand_links(slot, driver)

@@ -131,6 +131,32 @@ def test_a_read_that_hangs_on_the_bus_times_out_and_the_sensor_reads_again_after
     assert seqs == list(range(1, len(seqs) + 1))
 
 
+def test_an_open_that_hangs_on_the_bus_times_out_and_the_sensor_opens_again_after() -> None:
+    bus = FakeSMBus(1, may_block=True)
+    release = threading.Event()
+
+    class HangsAtOpen(EmulatedBME280):
+        def read_registers(self, register: int, length: int) -> bytes:
+            if register == bme280.REG_CHIP_ID and not release.is_set():
+                release.wait(10)
+            return super().read_registers(register, length)
+
+    bus.attach(0x76, HangsAtOpen(temperature=SimulatedSignal(21.5)))
+    run = Run([bme280_slot(bus, interval=0.05, timeout=0.2)])
+
+    def done() -> bool:
+        if run.kinds("read_error") and not release.is_set():
+            release.set()  # the chip answers at last
+        return len(run.readings) >= 2
+
+    run.until(done)
+    error = run.kinds("read_error")[0]
+    # Reported and retried like a hung read, not a crash of the sensor's sampling.
+    assert error.fields["error"] == "TransientError"
+    assert "opening the sensor did not finish within 0.2s" in error.message
+    assert [r.values["temperature"] for r in run.readings[:2]] == [21.5, 21.5]
+
+
 # -- a read in steps (drivers.base.SteppedSensor): where each step runs ----------------------
 
 
