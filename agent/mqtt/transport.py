@@ -1041,13 +1041,16 @@ class Transport:
         qos: int,
         retain: bool,
         correlation_data: bytes | None = None,
+        now: bool = False,
     ) -> int | None:
         """Send a message on the current connection: written at the end of this loop
         turn, or (called while an event is handled) once the events are handled; later
         only if the kernel's send buffer is full, or paho's in-flight window.
 
         ``correlation_data`` (MQTT 5 only) is echoed to a requester that asked for a reply
-        on its response topic.
+        on its response topic. ``now``: written at once, also while events are being
+        handled, instead of with the rest of the pass (an output's state, which a
+        command's sender waits on: not after the log line, the reply and the PUBACK).
 
         Returns:
             Its message id, which a later ``published(mid, ok)`` event acknowledges; or
@@ -1068,7 +1071,9 @@ class Transport:
             return None
         if qos == 0:
             self._unwritten.append((info.mid, info))
-        if not self._delivering:  # else written once the events are handled
+        if now:
+            self._write_now()
+        elif not self._delivering:  # else written once the events are handled
             self._write_soon()
         return info.mid
 

@@ -860,7 +860,10 @@ class Agent(TransportEvents):
         self._transport.publish(topic, payload, qos=qos, retain=retain)
 
     def _publish_output(self, name: str, state: OutputState) -> None:
-        self._publish(self.topics.output_state(name), state.encode(), qos=1, retain=True)
+        assert self._transport is not None
+        self._transport.publish(
+            self.topics.output_state(name), state.encode(), qos=1, retain=True, now=True
+        )
 
     def _publish_input(self, name: str, state: InputState) -> None:
         self._publish(self.topics.input(name), state.encode(), qos=1, retain=True)
