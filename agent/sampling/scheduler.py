@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -241,31 +241,15 @@ class Scheduler:
             return _read_sensor(slot.driver)
         loop = asyncio.get_running_loop()
         if slot.driver is None:
-            opening = asyncio.timeout(slot.timeout_s)
-            try:
-                async with opening:
-                    slot.driver = await loop.run_in_executor(
-                        self._executor(slot), _open_sensor, slot
-                    )
-            except TimeoutError:
-                if not opening.expired():
-                    raise
-                raise TransientError(
-                    f"opening the sensor did not finish within {slot.timeout_s:g}s"
-                ) from None
+            async with _within(slot.timeout_s, "opening the sensor"):
+                slot.driver = await loop.run_in_executor(self._executor(slot), _open_sensor, slot)
             self._retire_opener(slot)
         driver = slot.driver
         self._hand_links(slot, driver)
-        timeout = asyncio.timeout(slot.timeout_s)
-        try:
-            async with timeout:
-                if isinstance(driver, SteppedSensor):
-                    return await self._read_steps(slot, driver)
-                return await loop.run_in_executor(self._executor(slot), _read_sensor, driver)
-        except TimeoutError:
-            if not timeout.expired():
-                raise  # the driver's own (MeasurementTimeout is a TimeoutError)
-            raise TransientError(f"read did not finish within {slot.timeout_s:g}s") from None
+        async with _within(slot.timeout_s, "read"):
+            if isinstance(driver, SteppedSensor):
+                return await self._read_steps(slot, driver)
+            return await loop.run_in_executor(self._executor(slot), _read_sensor, driver)
 
     async def _read_steps(self, slot: SensorSlot, driver: SteppedSensor) -> dict[str, float]:
         """Drive a stepped read: the waits are loop timers; each step runs under the bus's
@@ -391,6 +375,21 @@ def _links(slots: list[SensorSlot]) -> dict[str, list[tuple[str, SensorSlot]]]:
             if source is not None and source is not slot:
                 links.setdefault(slot.name, []).append((quantity, source))
     return links
+
+
+@contextlib.asynccontextmanager
+async def _within(seconds: float, what: str) -> AsyncIterator[None]:
+    """The body under ``seconds``' timeout; running out is a :class:`TransientError`
+    ("<what> did not finish within ..."). A driver's own TimeoutError passes through
+    (MeasurementTimeout is one)."""
+    timeout = asyncio.timeout(seconds)
+    try:
+        async with timeout:
+            yield
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        raise TransientError(f"{what} did not finish within {seconds:g}s") from None
 
 
 def _open_sensor(slot: SensorSlot) -> Sensor:
