@@ -9,7 +9,7 @@ import itertools
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,17 @@ class Recorder:
         )
 
 
+def judging_all(handle: Callable[[IncomingMessage], None], queue_size: int) -> CommandGate:
+    """A gate that takes every topic as a command and drops nothing it is not full for."""
+    return CommandGate(
+        is_command=lambda _topic: True,
+        output_of=lambda _topic: None,
+        handle=handle,
+        drop=lambda _m: None,
+        queue_size=queue_size,
+    )
+
+
 def drain(gate: CommandGate) -> None:
     while gate.judge_waiting():
         pass
@@ -189,13 +200,7 @@ def test_the_worker_judges_a_batch_per_loop_turn_and_survives_a_failing_command(
         judged.append(message.payload)
 
     async def scenario() -> None:
-        gate = CommandGate(
-            is_command=lambda _topic: True,
-            output_of=lambda _topic: None,
-            handle=handle,
-            drop=lambda _m: None,
-            queue_size=1000,
-        )
+        gate = judging_all(handle, queue_size=1000)
         worker = asyncio.create_task(gate.run())
         gate.offer(command(payload=b"boom"))
         for _ in range(3 * BATCH):
@@ -244,13 +249,7 @@ def test_take_survives_a_failing_command(caplog: pytest.LogCaptureFixture) -> No
         raise RuntimeError("a bug in one command")
 
     async def scenario() -> None:
-        gate = CommandGate(
-            is_command=lambda _topic: True,
-            output_of=lambda _topic: None,
-            handle=handle,
-            drop=lambda _m: None,
-            queue_size=10,
-        )
+        gate = judging_all(handle, queue_size=10)
         gate.take(command())
 
     with caplog.at_level(logging.ERROR):
