@@ -221,15 +221,23 @@ def test_interlock_switches_the_other_off_first_under_racing_commands(
     with Collector(broker.port, f"{base}/#") as c:
         start_agent(tmp_path, broker.port, device_id, agents)
         ready(c, base)
-        # Two controllers race each other, each switching its own output on and off.
+        # Two controllers race each other, each switching its own output on and off. Each
+        # round's two commands reach the broker before the next round's, in either order:
+        # left unpaced, one controller's 40 can all arrive before the other's first (a
+        # loaded machine), and then the outputs never overlap and no interlock is needed.
         racers = [Commander(broker.port), Commander(broker.port)]
         try:
             for i in range(40):
+                sent = []
                 for racer, name in zip(racers, ("pump", "heater"), strict=True):
                     toggle = json.dumps({"state": "toggle", "id": f"{name}-{i}"})
-                    racer.client.publish(
-                        f"{base}/output/{name}/set", "on" if i % 3 else toggle, qos=1
+                    sent.append(
+                        racer.client.publish(
+                            f"{base}/output/{name}/set", "on" if i % 3 else toggle, qos=1
+                        )
                     )
+                for info in sent:
+                    info.wait_for_publish(5)
             c.wait_for(lambda m: m.topic == f"{base}/reply", count=80, timeout=15)
         finally:
             for racer in racers:
