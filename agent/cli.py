@@ -358,7 +358,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
         view.stop()
         return EXIT_NO_REPLY
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C sets the event, as SIGTERM does, rather than raising KeyboardInterrupt at
+    # whatever the main thread is doing: the stop is then always the same path.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     header = f"edge-agent watch - {base}/# on {target.where}. Ctrl-C stops."
     try:
         if sys.stdout.isatty():
@@ -369,8 +372,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
             print(header, flush=True)
             for line in view.lines(stop):
                 print(line, flush=True)
-    except KeyboardInterrupt:
-        pass
     finally:
         view.stop()
     return EXIT_OK
