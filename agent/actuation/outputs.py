@@ -498,7 +498,7 @@ class OutputController:
             candidates.append((max(out.pulse_end - now, 0.0), not out.state.on, "pulse_end"))
         if out.state.on and out.options.max_on > 0:
             # Counted from when it went on: repeating "on" does not extend it.
-            on_for = self._loop.time() - (out.changed_at or self._loop.time())
+            on_for = now - out.changed_at if out.changed_at is not None else 0.0
             candidates.append((max(out.options.max_on - on_for, 0.0), False, "max_on"))
         if not candidates or self._stopped:
             out.state = replace(out.state, until=None)
