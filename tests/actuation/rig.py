@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import selectors
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,44 @@ def relay(pin: int, **fields: Any) -> RelayOptions:
     return msgspec.convert({"driver": "relay", "pin": pin, **fields}, RelayOptions)
 
 
+class _JumpingSelector(selectors.DefaultSelector):
+    """A selector that, when nothing is ready, jumps its loop's clock to the next timer
+    instead of sleeping until it."""
+
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        if not ready and timeout:
+            self._loop.now += timeout
+        return ready
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on virtual time: every timer runs at exactly its due time, at once,
+    however busy the machine is, so "not yet" and "by then" are exact."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(_JumpingSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+#: The wall clock the rig's controller stamps with: virtual time from a fixed instant.
+WALL_AT_ZERO = 1_800_000_000.0
+
+
 @dataclass
 class Rig:
-    """One agent's outputs: hardware, state file, what was published and reported."""
+    """One agent's outputs: hardware, state file, what was published and reported; its
+    loop runs on virtual time (:class:`VirtualTimeLoop`)."""
 
     state_path: Path
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    loop: VirtualTimeLoop = field(default_factory=VirtualTimeLoop)
     published: list[tuple[str, OutputState]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     controller: OutputController | None = None
@@ -106,6 +139,7 @@ class Rig:
             publish=lambda name, state: self.published.append((name, state)),
             report=self.events.append,
             loop=self.loop,
+            clock=self.wall,
         )
         self.controller.open()
         return self.controller
@@ -125,8 +159,12 @@ class Rig:
             self.controller.close()
             self.controller = None
 
+    def wall(self) -> float:
+        """The wall clock: :data:`WALL_AT_ZERO` plus the loop's virtual time."""
+        return WALL_AT_ZERO + self.loop.time()
+
     def run_for(self, seconds: float) -> None:
-        """Let the loop run its timers for ``seconds``."""
+        """Let the loop run its timers for ``seconds`` of virtual time."""
         self.loop.run_until_complete(asyncio.sleep(seconds))
 
     def reasons(self, name: str) -> list[str]:
