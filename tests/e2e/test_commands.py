@@ -126,6 +126,11 @@ def wait_state(c: Collector, base: str, output: str, state: str, reason: str) ->
     return c.wait_for(match)[0]
 
 
+def stamped(m: Received) -> float:
+    """The agent's own time stamp of a state message."""
+    return parse_iso_ts(m.json()["ts"])
+
+
 def ready(c: Collector, base: str, outputs: tuple[str, ...] = ("pump", "heater")) -> None:
     for name in outputs:
         c.topic(f"{base}/output/{name}/state")
@@ -197,16 +202,18 @@ outputs:
         reply = reply_to(c, base, "p")
         assert reply["ok"] and reply["state"] == "on"
         until = parse_iso_ts(reply["until"])
-        on = wait_state(c, base, "heater", "on", "command")
-        off = wait_state(c, base, "heater", "off", "pulse_end")
-        assert 0.4 <= off.at - on.at <= 1.5
-        assert abs(parse_iso_ts(off.json()["ts"]) - until) < 0.2
+        # Timed by the agent's own stamps (a busy machine can delay what the collector
+        # sees): never early; late only by a loaded loop, not by a missed timer.
+        on = stamped(wait_state(c, base, "heater", "on", "command"))
+        off = stamped(wait_state(c, base, "heater", "off", "pulse_end"))
+        assert off - on >= 0.5 - 0.002
+        assert until - 0.002 <= off < until + 5
 
         commander.send(f"{base}/output/pump/set", '{"state": "on", "id": "m"}')
         assert reply_to(c, base, "m")["ok"]
-        on = wait_state(c, base, "pump", "on", "command")
-        off = wait_state(c, base, "pump", "off", "max_on")
-        assert 0.9 <= off.at - on.at <= 2.0
+        on = stamped(wait_state(c, base, "pump", "on", "command"))
+        off = stamped(wait_state(c, base, "pump", "off", "max_on"))
+        assert 1.0 - 0.002 <= off - on < 1.0 + 5
         event = c.wait_for(lambda m: m.topic == f"{base}/event" and "max_on" in m.text)[0]
         assert event.json()["kind"] == "max_on"
 
@@ -533,24 +540,26 @@ def test_commands_queued_while_offline_are_judged_after_the_reconnect(
     commander: Commander,
 ) -> None:
     base = f"edge/{device_id}"
-    # Long enough for the agent to start on a busy machine, short enough to wait out.
-    commands = "commands:\n  max_age: 5s\n"
+    # Far longer than the agent's start on a busy machine: "fresh" stays fresh.
+    commands = "commands:\n  max_age: 60s\n"
     with Collector(broker.port, f"{base}/#") as c:
         first = start_agent(tmp_path, broker.port, device_id, agents, commands=commands)
         ready(c, base)
         first.stop(kill=True)  # the broker keeps our session and queues commands for us
         c.wait_for(lambda m: m.topic == f"{base}/status" and m.text == "offline")
-        stale = iso_ts(time.time())
+        # Fresh when it was sent, stale by the time the agent is back: judged by its age
+        # when it is read.
+        late = iso_ts(time.time() - 59)
         commander.send(
-            f"{base}/output/pump/set", f'{{"state": "on", "id": "late", "ts": "{stale}"}}'
+            f"{base}/output/pump/set", f'{{"state": "on", "id": "late", "ts": "{late}"}}'
         )
-        time.sleep(5.5)
+        time.sleep(1.5)
         fresh = iso_ts(time.time())
         commander.send(
             f"{base}/output/heater/set", f'{{"state": "on", "id": "fresh", "ts": "{fresh}"}}'
         )
         start_agent(tmp_path, broker.port, device_id, agents, commands=commands)
-        assert reply_to(c, base, "late")["error"] == "stale"
+        assert reply_to(c, base, "late", timeout=30)["error"] == "stale"
         fresh_reply = reply_to(c, base, "fresh")
         assert fresh_reply["ok"] is True, fresh_reply
     assert states(c, base, "pump")[-1]["state"] == "off"

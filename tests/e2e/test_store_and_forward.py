@@ -173,6 +173,12 @@ def test_ten_broker_restarts_lose_no_reading_of_five_sensors_at_10hz(
         c.topic(f"{base}/status")
         for i in range(restarts):
             time.sleep(1.0 + 0.2 * (i % 2))  # up: the agent reconnects and replays
+            # Stopped only once the agent is back (its backoff and a busy machine can
+            # outlast the up time), so that each restart is one disconnect.
+            deadline = time.monotonic() + 20
+            while agent_log_count(agent, "connected to 127.0.0.1:") < i + 1:
+                assert time.monotonic() < deadline, agent.log()
+                time.sleep(0.05)
             broker.stop()
             time.sleep(0.5 + 0.2 * (i % 3))  # down: the agent buffers
             broker.start()
