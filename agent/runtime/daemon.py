@@ -854,16 +854,16 @@ class Agent(TransportEvents):
             self.commands.handle(message)
 
     # -- publishing ------------------------------------------------------------------
-    def _publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
-        """Publish ``status``/``info``/``health`` on the current connection, if any."""
+    def _publish(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool, now: bool = False
+    ) -> None:
+        """Publish on the current connection, if any; ``now``: written at once, not with
+        the loop pass's other publishes."""
         assert self._transport is not None
-        self._transport.publish(topic, payload, qos=qos, retain=retain)
+        self._transport.publish(topic, payload, qos=qos, retain=retain, now=now)
 
     def _publish_output(self, name: str, state: OutputState) -> None:
-        assert self._transport is not None
-        self._transport.publish(
-            self.topics.output_state(name), state.encode(), qos=1, retain=True, now=True
-        )
+        self._publish(self.topics.output_state(name), state.encode(), qos=1, retain=True, now=True)
 
     def _publish_input(self, name: str, state: InputState) -> None:
         self._publish(self.topics.input(name), state.encode(), qos=1, retain=True)
