@@ -104,7 +104,7 @@ def start_agent(
     return agents(config)
 
 
-def reply_to(c: Collector, base: str, command_id: str, timeout: float = 5.0) -> Any:
+def reply_to(c: Collector, base: str, command_id: str, timeout: float = 15.0) -> Any:
     found = c.wait_for(
         lambda m: m.topic == f"{base}/reply" and m.json().get("id") == command_id,
         timeout=timeout,

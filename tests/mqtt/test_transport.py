@@ -4,6 +4,7 @@ arrives, and paho's packets read in bulk (``_Client``'s read buffer and PUBACK p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -124,21 +125,30 @@ def test_a_burst_of_incoming_messages_all_arrive_in_order(
 
     async def body(transport: Transport, events: Events) -> None:
         transport.subscribe("transport-test/in/#", qos=1)
-        await asyncio.sleep(0.3)  # the SUBACK
         v5 = protocol == "5"
         version = MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
         sender = paho.Client(CallbackAPIVersion.VERSION2, protocol=version)
         sender.connect("127.0.0.1", broker.port)
         sender.loop_start()
+
+        def burst() -> list[IncomingMessage]:
+            return [m for m in events.messages if m.topic == "transport-test/in/x"]
+
         try:
+            # The subscription is in place once a probe comes back.
+            async with asyncio.timeout(10):
+                while not events.messages:
+                    sender.publish("transport-test/in/probe", b"p", qos=0)
+                    with contextlib.suppress(TimeoutError):
+                        await until(events, lambda: bool(events.messages), timeout=0.2)
             for i in range(total):
                 payload = big if i == total // 2 else str(i).encode()
                 sender.publish("transport-test/in/x", payload, qos=1)
-            await until(events, lambda: len(events.messages) >= total)
+            await until(events, lambda: len(burst()) >= total)
         finally:
             sender.disconnect()
             sender.loop_stop()
-        payloads = [m.payload for m in events.messages]
+        payloads = [m.payload for m in burst()]
         assert payloads[total // 2] == big
         del payloads[total // 2]
         assert [int(p) for p in payloads] == [i for i in range(total) if i != total // 2]

@@ -173,10 +173,8 @@ def test_refuse_refuses_new_connections_until_heal(proxy: FaultProxy) -> None:
 
 def test_delay_adds_latency_each_way_and_keeps_order(proxy: FaultProxy) -> None:
     with connect(proxy.port) as sock:
-        started = time.monotonic()
         assert roundtrip(sock, b"warm") == b"warm"
-        fast = time.monotonic() - started
-        proxy.delay(0.15)
+        proxy.delay(0.5)
         started = time.monotonic()
         for n in range(5):
             sock.sendall(b"%d," % n)
@@ -186,11 +184,11 @@ def test_delay_adds_latency_each_way_and_keeps_order(proxy: FaultProxy) -> None:
             received += sock.recv(100)
         slow = time.monotonic() - started
         assert received == expected
-        assert 0.3 <= slow < 0.3 + 1.0
+        assert 1.0 <= slow < 1.0 + 2.0
         proxy.heal()
         started = time.monotonic()
         assert roundtrip(sock, b"quick") == b"quick"
-        assert time.monotonic() - started < fast + 0.1
+        assert time.monotonic() - started < 0.5, "healed: no delay either way"
 
 
 def test_a_down_target_resets_the_client() -> None:
