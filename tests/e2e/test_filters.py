@@ -57,7 +57,8 @@ def test_on_change_and_heartbeat_publish_with_contiguous_seq(
     seqs = [int(m.json()["seq"]) for m in readings]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     gaps = [b - a for a, b in zip(map(ts, readings), map(ts, readings[1:]), strict=False)]
-    assert all(gap >= 0.9 for gap in gaps), gaps  # heartbeat 1 s, less half an interval
+    # Heartbeat 1 s, not every 100 ms sample (each stamp may wake late on a busy machine).
+    assert all(gap >= 0.5 for gap in gaps), gaps
     for m in readings:
         values = m.json()["values"]
         assert set(values) == {"temperature", "humidity", "pressure", "vpd"}
@@ -78,7 +79,7 @@ def test_reload_keeps_the_filter_state_of_an_unchanged_sensor(
         path,
         port=broker.port,
         device_id=device_id,
-        sensors=AIR.format(heartbeat="3s", pi_interval="1s"),
+        sensors=AIR.format(heartbeat="5s", pi_interval="1s"),
     )
     with Collector(broker.port, f"{base}/#") as c:
         agent = agents(path)
@@ -88,7 +89,7 @@ def test_reload_keeps_the_filter_state_of_an_unchanged_sensor(
             path,
             port=broker.port,
             device_id=device_id,
-            sensors=AIR.format(heartbeat="3s", pi_interval="500ms"),
+            sensors=AIR.format(heartbeat="5s", pi_interval="500ms"),
         )
         agent.signal(signal.SIGHUP)
         c.wait_for(
@@ -98,8 +99,9 @@ def test_reload_keeps_the_filter_state_of_an_unchanged_sensor(
         second = c.topic(f"{base}/sensor/air", count=2, timeout=10)[1]
         agent.stop()
     assert "Traceback" not in agent.log()
-    assert reloaded_at - ts(first) < 2.5, "the reload came too late to show anything"
+    assert reloaded_at - ts(first) < 3.5, "the reload came too late to show anything"
     # A fresh chain would have published its first sample right after the reload; the
-    # kept one waits for the heartbeat, 3 s after the first reading.
-    assert ts(second) - ts(first) >= 2.9
+    # kept one waits for the heartbeat, 5 s after the first reading (less the lateness
+    # of either stamp on a busy machine).
+    assert ts(second) - ts(first) >= 4.5
     assert second.json()["seq"] == first.json()["seq"] + 1
