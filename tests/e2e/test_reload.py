@@ -158,6 +158,7 @@ def test_a_sighup_storm_is_coalesced_and_reconnects_only_on_a_real_change(
     with Collector(broker.port, f"{base}/#") as c:
         agent = agents(path)
         c.topic(f"{base}/sensor/pi", count=3)
+        storm_started = time.monotonic()
         for n in range(300):
             # Alternate an MQTT setting: without coalescing, every reload reconnected.
             write_config(
@@ -169,12 +170,14 @@ def test_a_sighup_storm_is_coalesced_and_reconnects_only_on_a_real_change(
             )
             agent.signal(signal.SIGHUP)
             time.sleep(0.003)
+        storm_s = time.monotonic() - storm_started
         time.sleep(3)
         before = len(seqs(c, f"{base}/sensor/pi"))
         c.wait_for(lambda m: m.topic == f"{base}/sensor/pi", count=before + 5)
         reloads = [m for m in c.on(f"{base}/event") if m.json()["kind"] == "config_reloaded"]
         onlines = [m for m in c.on(f"{base}/status") if m.payload == b"online"]
-    assert 1 <= len(reloads) <= 10, len(reloads)
+    # At most one reload a second (~1.5 s of storm here; longer on a busy machine).
+    assert 1 <= len(reloads) <= storm_s + 2, (len(reloads), storm_s)
     assert len(onlines) <= len(reloads) + 1, (len(onlines), len(reloads))
     assert "Traceback" not in agent.log()
 
