@@ -154,7 +154,8 @@ def test_many_connection_cuts_lose_no_reading_of_five_sensors(
     assert replayed >= 20, "the cuts should have made the agent buffer"
     total = sum(len(ms) for ms in by_sensor.values())
     distinct = sum(len({m.json()["seq"] for m in ms}) for ms in by_sensor.values())
-    assert total - distinct <= 8 * 5, "duplicates only from acks lost with a connection"
+    # A cut loses the acks of what was in flight: at most the 20 of paho's window each.
+    assert total - distinct <= 8 * 20, "duplicates only from acks lost with a connection"
     assert len(c.on(f"{base}/status")) >= 9, "online again after every cut"
 
 
