@@ -9,12 +9,13 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
+import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
 
-from agent.demo.broker import PrivateBroker
+from agent.demo.broker import PrivateBroker, free_port
 from tests.support.configs import write_config
 from tests.support.faultproxy import FaultProxy
 from tests.support.mqtt import AgentProcess, Collector, Received
@@ -335,10 +336,23 @@ def test_durability_always_keeps_readings_in_flight_at_a_kill(
     assert set(range(1, highest + 1)) <= seqs, sorted(set(range(1, highest + 1)) - seqs)
 
 
+def counter(port: int, name: str) -> float:
+    """The value of the agent's ``/metrics`` counter ``name`` (0 while it cannot answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def test_full_buffer_drops_exactly_the_oldest_and_says_how_many(
     tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
 ) -> None:
-    base = f"edge/{device_id}"
+    base, health = f"edge/{device_id}", free_port()
     with FaultProxy(broker.port) as proxy, Collector(broker.port, f"{base}/#") as c:
         proxy.refuse()
         config = write_config(
@@ -346,11 +360,15 @@ def test_full_buffer_drops_exactly_the_oldest_and_says_how_many(
             port=proxy.port,
             device_id=device_id,
             interval="100ms",
-            extra="buffer:\n  max_messages: 20\n",
+            extra=f'buffer:\n  max_messages: 20\nhealth:\n  listen: "127.0.0.1:{health}"\n',
         )
         agent = agents(config)
         agent.wait_until_started()
-        time.sleep(3.5)  # 35 readings at 10 Hz: more than max_messages + 10
+        # Until 15 readings have been dropped (35 at 10 Hz; longer on a busy machine).
+        deadline = time.monotonic() + 30
+        while counter(health, "edge_agent_dropped_total") < 15:
+            assert time.monotonic() < deadline, agent.log()
+            time.sleep(0.1)
         proxy.heal()
         event = c.wait_for(
             lambda m: m.topic == f"{base}/event" and m.json()["kind"] == "buffer_dropping"
