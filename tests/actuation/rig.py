@@ -11,6 +11,7 @@ import asyncio
 import errno
 import os
 import selectors
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return self.now
 
 
-#: The wall clock the rig's controller stamps with: virtual time from a fixed instant.
-WALL_AT_ZERO = 1_800_000_000.0
-
-
 @dataclass
 class Rig:
     """One agent's outputs: hardware, state file, what was published and reported; its
@@ -101,6 +98,8 @@ class Rig:
 
     state_path: Path
     loop: VirtualTimeLoop = field(default_factory=VirtualTimeLoop)
+    #: The wall clock at the loop's time 0 (the controller stamps with :meth:`wall`).
+    wall_at_zero: float = field(default_factory=time.time)
     published: list[tuple[str, OutputState]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     controller: OutputController | None = None
@@ -160,8 +159,8 @@ class Rig:
             self.controller = None
 
     def wall(self) -> float:
-        """The wall clock: :data:`WALL_AT_ZERO` plus the loop's virtual time."""
-        return WALL_AT_ZERO + self.loop.time()
+        """The wall clock: the real one at the rig's start plus the loop's virtual time."""
+        return self.wall_at_zero + self.loop.time()
 
     def run_for(self, seconds: float) -> None:
         """Let the loop run its timers for ``seconds`` of virtual time."""

@@ -359,8 +359,9 @@ def test_random_messages_never_break_the_rules(tmp_path: Path, quiet: None) -> N
     )
     @given(message=messages)
     def one_message(message: IncomingMessage) -> None:
-        # Timers (pulse ends, max_on) that fell due since the last message run first.
-        rig.run_for(0)
+        # A message every 5 ms (of the rig's virtual time): timers (pulse ends, max_on)
+        # that fell due since the last message run first.
+        rig.run_for(0.005)
         check_interlocks(levels())
         before = levels()
         sent.clear()
