@@ -2,7 +2,10 @@
 
 Reading k of a sensor is due at ``t0 + k * interval`` on the monotonic clock, so slow
 reads never make the schedule drift, and a read that overruns skips the slots it missed
-instead of bursting to catch up. Sensors that share an interval start spread in phase.
+instead of bursting to catch up. Sensors that share an interval are read in wake-ups of
+up to one sensor per :data:`INTERVAL_PER_SHARED_WAKE` of it, spread evenly across the
+interval: a wake-up of the idle process costs about as much CPU as a read, and each read
+a wake-up adds delays the next one by about as much.
 A read that may block (``DriverSpec.blocking``: an I2C transaction, a conversion wait)
 runs in a worker thread - one per bus (``Driver.resource``), so reads on one bus are
 serialised and a hung I2C read stalls neither other buses nor MQTT - under a timeout. A
@@ -45,6 +48,10 @@ log = logging.getLogger(__name__)
 FAILURES_BEFORE_FAILED = 3
 #: How often a failed sensor is tried again, at most.
 FAILED_RETRY_S = 120.0
+#: Sensors sharing an interval share a wake-up, one per this much of the interval at most
+#: (four at 1 s, one - spread - below 500 ms), so a read is late by a fraction of a percent
+#: of its interval for the company it keeps.
+INTERVAL_PER_SHARED_WAKE = 0.25
 
 
 class SequenceSource(Protocol):
@@ -157,14 +164,18 @@ class Scheduler:
         return ex
 
     def phases(self) -> dict[str, float]:
-        """Start offset of each sensor: sensors sharing an interval are spread evenly."""
+        """Start offset of each sensor: sensors sharing an interval are read together, up
+        to one per :data:`INTERVAL_PER_SHARED_WAKE` of it in a wake-up, in config order;
+        the wake-ups are spread evenly across the interval."""
         groups: dict[float, list[SensorSlot]] = {}
         for slot in self.slots:
             groups.setdefault(slot.options.interval, []).append(slot)
         offsets = {}
         for interval, members in groups.items():
+            per_wake = max(1, math.floor(interval / INTERVAL_PER_SHARED_WAKE + 1e-9))
+            wakes = math.ceil(len(members) / per_wake)
             for i, slot in enumerate(members):
-                offsets[slot.name] = interval * i / len(members)
+                offsets[slot.name] = interval * (i // per_wake) / wakes
         return offsets
 
     async def run(self) -> None:
