@@ -176,8 +176,9 @@ def test_a_sighup_storm_is_coalesced_and_reconnects_only_on_a_real_change(
         c.wait_for(lambda m: m.topic == f"{base}/sensor/pi", count=before + 5)
         reloads = [m for m in c.on(f"{base}/event") if m.json()["kind"] == "config_reloaded"]
         onlines = [m for m in c.on(f"{base}/status") if m.payload == b"online"]
-    # At most one reload a second (~1.5 s of storm here; longer on a busy machine).
-    assert 1 <= len(reloads) <= storm_s + 2, (len(reloads), storm_s)
+    # At most one reload a second, and the agent may work through the last signals a few
+    # seconds after they were sent (the storm takes ~1.5 s here; longer on a busy machine).
+    assert 1 <= len(reloads) <= max(10, storm_s + 5), (len(reloads), storm_s)
     assert len(onlines) <= len(reloads) + 1, (len(onlines), len(reloads))
     assert "Traceback" not in agent.log()
 
