@@ -15,6 +15,11 @@ Transient errors are retried with backoff inside the interval; a sensor that kee
 failing is reported failed, retried every few minutes, and reported again when it
 recovers.
 
+A reading is stamped when its read starts: on the bus's worker for a read that blocks
+(behind whatever was queued on that bus before it, a DS18B20's 750 ms conversion say),
+as its first step is dispatched for a read in steps (which holds the bus only for
+transactions), and for a retry when the retry starts.
+
 A successful read goes through the sensor's :class:`~agent.filters.chain.SensorChain`
 (filters, derived quantities, publish policy). A sample the chain holds back entirely is
 not published and takes no ``seq``, so ``seq`` counts published readings and a gap in it
@@ -52,6 +57,11 @@ FAILED_RETRY_S = 120.0
 #: (four at 1 s, one - spread - below 500 ms), so a read is late by a fraction of a percent
 #: of its interval for the company it keeps.
 INTERVAL_PER_SHARED_WAKE = 0.25
+
+
+#: When a read started: wall time, monotonic time (None: not kept), whether the wall clock
+#: was synchronised.
+Taken = tuple[float, float | None, bool]
 
 
 class SequenceSource(Protocol):
@@ -218,16 +228,10 @@ class Scheduler:
             await self._sample_once(slot, due=due, deadline=due + interval * 0.9)
 
     async def _sample_once(self, slot: SensorSlot, *, due: float, deadline: float) -> None:
-        source = self._time_source
-        if source is None:
-            ts, mono, synced = time.time(), None, True
-        else:
-            now = stamp(source)
-            ts, mono, synced = now.wall, now.mono, now.synced
         delay = 0.1
         while True:
             try:
-                values = await self._read(slot)
+                (ts, mono, synced), values = await self._read(slot)
             except TransientError as e:
                 if self._clock() + delay < deadline and not slot.failed:
                     await asyncio.sleep(delay)
@@ -241,7 +245,21 @@ class Scheduler:
             self._success(slot, ts, values, due=due, mono=mono, synced=synced)
             return
 
-    async def _read(self, slot: SensorSlot) -> dict[str, float]:
+    def _stamp(self) -> Taken:
+        """When a read starts: wall time, monotonic time (None: not kept), synced."""
+        source = self._time_source
+        if source is None:
+            return time.time(), None, True
+        now = stamp(source)
+        return now.wall, now.mono, now.synced
+
+    def _stamped_read(self, driver: Sensor) -> tuple[Taken, dict[str, float]]:
+        """A read stamped as it starts (on the bus's worker: after any read queued before
+        it on that bus, which may be a conversion of 750 ms)."""
+        return self._stamp(), _read_sensor(driver)
+
+    async def _read(self, slot: SensorSlot) -> tuple[Taken, dict[str, float]]:
+        """A reading and when its read started."""
         # asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for swallows a
         # cancellation that arrives as the read completes, and the sensor would go on
         # sampling after the agent was told to stop.
@@ -249,7 +267,7 @@ class Scheduler:
             if slot.driver is None:
                 slot.driver = _open_sensor(slot)
             self._hand_links(slot, slot.driver)
-            return _read_sensor(slot.driver)
+            return self._stamped_read(slot.driver)
         loop = asyncio.get_running_loop()
         if slot.driver is None:
             async with _within(slot.timeout_s, "opening the sensor"):
@@ -259,8 +277,11 @@ class Scheduler:
         self._hand_links(slot, driver)
         async with _within(slot.timeout_s, "read"):
             if isinstance(driver, SteppedSensor):
-                return await self._read_steps(slot, driver)
-            return await loop.run_in_executor(self._executor(slot), _read_sensor, driver)
+                # Stamped as its first step is dispatched: a stepped read holds its bus
+                # only for transactions, so it waits behind others for milliseconds.
+                taken = self._stamp()
+                return taken, await self._read_steps(slot, driver)
+            return await loop.run_in_executor(self._executor(slot), self._stamped_read, driver)
 
     async def _read_steps(self, slot: SensorSlot, driver: SteppedSensor) -> dict[str, float]:
         """Drive a stepped read: the waits are loop timers; each step runs under the bus's

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import replace
+
+import pytest
 
 from agent.events import Event
 from agent.mqtt.payloads import Reading
@@ -81,3 +84,68 @@ def test_a_read_that_may_block_runs_on_its_worker_thread() -> None:
     assert all(name.startswith("read-") for name in threads), threads
     assert workers == 1
     assert [r.seq for r in readings[:3]] == [1, 2, 3]
+
+
+class _SlowProbe(Sensor):
+    """A probe whose read blocks for its conversion, on a bus shared with others (as
+    DS18B20s on one 1-Wire master: 750 ms each, one at a time)."""
+
+    resource = "w1-test"
+
+    def __init__(self, inner: Sensor, conversion_s: float, started: list[float]) -> None:
+        self._inner = inner
+        self._conversion_s = conversion_s
+        self._started = started
+
+    def read(self) -> dict[str, float]:
+        self._started.append(time.time())
+        time.sleep(self._conversion_s)
+        return self._inner.read()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def test_reads_that_queue_on_one_bus_are_stamped_when_each_starts() -> None:
+    """Three probes at 1 s share a wake-up and one bus: each waits for the conversions
+    before it, and its reading's ts is when its own read started, not the wake-up."""
+    hardware = SimulatedHardware(seed=1)
+    options = system.SystemOptions(interval=1.0)
+    system.SPEC.emulate(options, hardware)
+    started: list[float] = []
+    slots = [
+        SensorSlot(
+            name=f"probe{i}",
+            spec=system.SPEC,  # blocking: replaced below
+            options=options,
+            open=lambda: _SlowProbe(system.SPEC.open(options, hardware), 0.15, started),  # type: ignore[arg-type]
+        )
+        for i in range(3)
+    ]
+    for slot in slots:
+        slot.spec = replace(system.SPEC, blocking=True)
+    readings: list[Reading] = []
+    scheduler = Scheduler(
+        slots=slots,
+        emit=lambda reading, _slot: readings.append(reading),
+        report=lambda _event: None,
+        sequence=MemorySequence(),
+    )
+    assert set(scheduler.phases().values()) == {0.0}, "one wake-up"
+
+    async def run() -> None:
+        task = asyncio.create_task(scheduler.run())
+        async with asyncio.timeout(10):
+            while len(readings) < 3:
+                await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(run())
+    finally:
+        scheduler.close()
+        hardware.close()
+    stamps = sorted(r.ts for r in readings[:3])
+    assert stamps == pytest.approx(sorted(started[:3]), abs=0.01)
+    assert stamps[2] - stamps[0] >= 2 * 0.15 - 0.01, "stamped at the wake-up, not the read"
