@@ -156,7 +156,8 @@ class CommandGate:
         self._handle = handle
         self._drop = drop
         self.queue_size = queue_size
-        self._queue: deque[IncomingMessage] = deque()
+        #: Waiting commands, each with the configured output it names (None: none).
+        self._queue: deque[tuple[IncomingMessage, str | None]] = deque()
         self._wake = asyncio.Event()
         #: Whether :meth:`take` judged a command at once in this loop turn already.
         self._judged_this_turn = False
@@ -167,8 +168,10 @@ class CommandGate:
 
     def offer(self, message: IncomingMessage) -> None:
         """Queue a command (from the transport, on the loop); O(1), never blocks."""
-        if not self._is_command(message.topic):
-            return
+        if self._is_command(message.topic):
+            self._enqueue(message)
+
+    def _enqueue(self, message: IncomingMessage) -> None:
         output = self._output_of(message.topic)
         waiting = self._waiting.get(output, 0) if output is not None else 0
         if len(self._queue) >= self.queue_size and (output is None or waiting):
@@ -176,21 +179,23 @@ class CommandGate:
             return
         if output is not None:
             self._waiting[output] = waiting + 1
-        self._queue.append(_bounded(message))
+        self._queue.append((_bounded(message), output))
         self._wake.set()
 
     def take(self, message: IncomingMessage) -> None:
         """A message from the transport, on the loop: a command is judged at once when
         nothing waits and no other was judged so in this loop turn; otherwise it is
-        handed to :meth:`offer` for the worker.
+        queued for the worker, as :meth:`offer` does.
 
         Judging at once saves the loop turn the worker's wake-up costs, so a lone command's
         state goes out in the callback that read it (B3 in ``tests/bench``). Order is kept
         (nothing is waiting ahead of it), and under a flood this adds at most one command
         per loop turn to the worker's :data:`BATCH`.
         """
-        if self._queue or self._judged_this_turn or not self._is_command(message.topic):
-            self.offer(message)
+        if not self._is_command(message.topic):
+            return
+        if self._queue or self._judged_this_turn:
+            self._enqueue(message)
             return
         self._judged_this_turn = True
         asyncio.get_running_loop().call_soon(self._next_turn)
@@ -203,9 +208,8 @@ class CommandGate:
         """Judge up to ``limit`` waiting commands, in order; returns how many."""
         done = 0
         while self._queue and done < limit:
-            message = self._queue.popleft()
+            message, output = self._queue.popleft()
             done += 1
-            output = self._output_of(message.topic)
             if output is not None:
                 left = self._waiting.pop(output, 1) - 1
                 if left:
