@@ -187,7 +187,7 @@ class _BoschSensor(SteppedSensor):
         self.resource = resource
         self._name = f"{self.chip} at 0x{address:02X}" + (f" on {resource}" if resource else "")
         self._regs = Registers(bus, address, self._name)
-        self._lock = self.step_lock = bus_lock(bus)
+        self.step_lock = bus_lock(bus)
         self.steps_may_block = bus_may_block(bus)
         self._closed = False
         self._oversampling = (
@@ -209,7 +209,7 @@ class _BoschSensor(SteppedSensor):
             if measurement_timeout_s is not None
             else self._max_s * _TIMEOUT_FACTOR + _TIMEOUT_EXTRA_S
         )
-        with self._lock:
+        with self.step_lock:
             self.chip_id = self._check_chip_id()
             self._reset()
             self.calibration = self._read_calibration()

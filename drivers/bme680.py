@@ -218,7 +218,7 @@ class BME680(SteppedSensor):
         self.address = address
         self.resource = resource
         self._regs = Registers(bus, address, f"BME68x at 0x{address:02X}")
-        self._lock = self.step_lock = bus_lock(bus)
+        self.step_lock = bus_lock(bus)
         self.steps_may_block = bus_may_block(bus)
         self._clock = clock
         self._sleep = sleep
@@ -228,7 +228,7 @@ class BME680(SteppedSensor):
         self.heater_temperature_c = heater_temperature_c
         self.heater_duration_ms = heater_duration_ms
         self._ambient_c = 25.0
-        with self._lock:
+        with self.step_lock:
             chip_id = self._regs.read(REG_CHIP_ID)[0]
             if chip_id != CHIP_ID:
                 raise WrongDevice(

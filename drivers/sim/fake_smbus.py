@@ -20,11 +20,20 @@ import random
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
+
+_Entry = TypeVar("_Entry")
 
 #: How many transactions :attr:`FakeSMBus.log` and :attr:`FakeSMBus.writes` keep at least
 #: (when they reach twice as many, the older half goes).
 KEEP_TRANSACTIONS = 20_000
+
+
+def _keep(entries: list[_Entry], entry: _Entry) -> None:
+    """Append ``entry``; at twice :data:`KEEP_TRANSACTIONS` entries the older half goes."""
+    entries.append(entry)
+    if len(entries) >= 2 * KEEP_TRANSACTIONS:
+        del entries[:KEEP_TRANSACTIONS]
 
 
 def nack() -> OSError:
@@ -98,14 +107,10 @@ class FakeSMBus:
         self._lock = threading.Lock()
 
     def _log(self, entry: tuple[int, Literal["w", "r"], bytes]) -> None:
-        self.log.append(entry)
-        if len(self.log) >= 2 * KEEP_TRANSACTIONS:
-            del self.log[:KEEP_TRANSACTIONS]
+        _keep(self.log, entry)
 
     def _write_log(self, entry: tuple[int, int, bytes]) -> None:
-        self.writes.append(entry)
-        if len(self.writes) >= 2 * KEEP_TRANSACTIONS:
-            del self.writes[:KEEP_TRANSACTIONS]
+        _keep(self.writes, entry)
 
     def attach(
         self, address: int, device: I2CDevice | CommandChip, *, fail_rate: float = 0.0
