@@ -18,6 +18,7 @@ import pytest
 from agent.demo.broker import PrivateBroker, free_port
 from tests.support.configs import write_config
 from tests.support.faultproxy import FaultProxy
+from tests.support.metrics import metric
 from tests.support.mounts import emergency_read_only, fill, loop_ext4, tmpfs
 from tests.support.mqtt import AgentProcess, Collector, Received
 
@@ -30,15 +31,6 @@ def healthz(port: int) -> tuple[int, dict[str, Any]]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
-
-
-def dropped(port: int) -> float:
-    """``edge_agent_dropped_total`` from the agent's ``/metrics``."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("edge_agent_dropped_total "):
-                return float(line.split()[1])
-    return 0.0
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
@@ -102,7 +94,11 @@ def test_disk_full_while_buffering_keeps_running_counts_drops_and_recovers(
         assert status == 503 and any(r.startswith("storage:") for r in body["reasons"]), body
         assert body["storage"]["reason"] == "disk full"
         # Beyond the memory queue's 30 (4 s at 10 Hz; longer on a busy machine).
-        wait_until(lambda: dropped(health) >= 5, "the memory queue overflowing", timeout=30)
+        wait_until(
+            lambda: metric(health, "edge_agent_dropped_total") >= 5,
+            "the memory queue overflowing",
+            timeout=30,
+        )
         filler.unlink()
         proxy.heal()
         c.wait_for(lambda m: m.topic == f"{base}/event" and "storage_recovered" in m.text)
@@ -133,7 +129,11 @@ def test_a_card_turned_read_only_keeps_running_on_memory(
         emergency_read_only(card)
         wait_until(lambda: "storage_failed" in agent.log(), "a storage_failed log line")
         assert healthz(health)[1]["storage"]["reason"] == "read-only"
-        wait_until(lambda: dropped(health) >= 5, "the memory queue overflowing", timeout=30)
+        wait_until(
+            lambda: metric(health, "edge_agent_dropped_total") >= 5,
+            "the memory queue overflowing",
+            timeout=30,
+        )
         proxy.heal()
         wait_until(lambda: len(events(c, base, "buffer_dropping")) > 0, "buffer_dropping")
         count = len(sensor_seqs(c, base))

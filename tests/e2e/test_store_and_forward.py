@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
-import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from agent.demo.broker import PrivateBroker, free_port
 from tests.support.configs import write_config
 from tests.support.faultproxy import FaultProxy
+from tests.support.metrics import metric
 from tests.support.mqtt import AgentProcess, Collector, Received
 
 pytestmark = pytest.mark.e2e
@@ -336,19 +336,6 @@ def test_durability_always_keeps_readings_in_flight_at_a_kill(
     assert set(range(1, highest + 1)) <= seqs, sorted(set(range(1, highest + 1)) - seqs)
 
 
-def counter(port: int, name: str) -> float:
-    """The value of the agent's ``/metrics`` counter ``name`` (0 while it cannot answer)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def test_full_buffer_drops_exactly_the_oldest_and_says_how_many(
     tmp_path: Path, broker: PrivateBroker, device_id: str, agents: Callable[..., AgentProcess]
 ) -> None:
@@ -366,7 +353,7 @@ def test_full_buffer_drops_exactly_the_oldest_and_says_how_many(
         agent.wait_until_started()
         # Until 15 readings have been dropped (35 at 10 Hz; longer on a busy machine).
         deadline = time.monotonic() + 30
-        while counter(health, "edge_agent_dropped_total") < 15:
+        while metric(health, "edge_agent_dropped_total") < 15:
             assert time.monotonic() < deadline, agent.log()
             time.sleep(0.1)
         proxy.heal()

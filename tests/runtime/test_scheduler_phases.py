@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from agent.sampling.scheduler import INTERVAL_PER_SHARED_WAKE, MemorySequence, Scheduler, SensorSlot
+from agent.sampling.scheduler import INTERVAL_PER_SHARED_WAKE, SensorSlot
 from drivers import bme280
 from drivers.bme280 import BME280Options
+from tests.support.scheduling import Run
 
 
 def phases(*intervals: float) -> list[float]:
@@ -21,10 +22,7 @@ def phases(*intervals: float) -> list[float]:
         )
         for i, interval in enumerate(intervals)
     ]
-    scheduler = Scheduler(
-        slots=slots, emit=lambda *_: None, report=lambda _: None, sequence=MemorySequence()
-    )
-    offsets = scheduler.phases()
+    offsets = Run(slots).scheduler.phases()
     return [offsets[f"s{i}"] for i in range(len(intervals))]
 
 

@@ -3,19 +3,18 @@ worker thread of its bus."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from dataclasses import replace
 
 import pytest
 
-from agent.events import Event
 from agent.mqtt.payloads import Reading
-from agent.sampling.scheduler import MemorySequence, Scheduler, SensorSlot
+from agent.sampling.scheduler import SensorSlot
 from drivers import system
 from drivers.base import Sensor
 from drivers.hardware import SimulatedHardware
+from tests.support.scheduling import Run
 
 
 class _Where(Sensor):
@@ -35,8 +34,6 @@ class _Where(Sensor):
 
 def _sample(blocking: bool, reads: int) -> tuple[list[str], list[Reading], int]:
     threads: list[str] = []
-    readings: list[Reading] = []
-    events: list[Event] = []
     hardware = SimulatedHardware(seed=1)
     options = system.SystemOptions(interval=0.02)
     system.SPEC.emulate(options, hardware)
@@ -46,27 +43,12 @@ def _sample(blocking: bool, reads: int) -> tuple[list[str], list[Reading], int]:
         options=options,
         open=lambda: _Where(system.SPEC.open(options, hardware), threads),  # type: ignore[arg-type]
     )
-    scheduler = Scheduler(
-        slots=[slot],
-        emit=lambda reading, _slot: readings.append(reading),
-        report=events.append,
-        sequence=MemorySequence(),
-    )
-
-    async def run() -> None:
-        task = asyncio.create_task(scheduler.run())
-        while len(readings) < reads:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
+    run = Run([slot])
     try:
-        asyncio.run(run())
-        workers = len(scheduler._executors)
+        run.until(lambda: len(run.readings) >= reads)
     finally:
-        scheduler.close()
         hardware.close()
-    return threads, readings, workers
+    return threads, run.readings, len(run.workers)
 
 
 def test_a_read_that_cannot_block_runs_on_the_event_loop_without_a_worker() -> None:
@@ -116,36 +98,18 @@ def test_reads_that_queue_on_one_bus_are_stamped_when_each_starts() -> None:
     slots = [
         SensorSlot(
             name=f"probe{i}",
-            spec=system.SPEC,  # blocking: replaced below
+            spec=replace(system.SPEC, blocking=True),
             options=options,
             open=lambda: _SlowProbe(system.SPEC.open(options, hardware), 0.15, started),  # type: ignore[arg-type]
         )
         for i in range(3)
     ]
-    for slot in slots:
-        slot.spec = replace(system.SPEC, blocking=True)
-    readings: list[Reading] = []
-    scheduler = Scheduler(
-        slots=slots,
-        emit=lambda reading, _slot: readings.append(reading),
-        report=lambda _event: None,
-        sequence=MemorySequence(),
-    )
-    assert set(scheduler.phases().values()) == {0.0}, "one wake-up"
-
-    async def run() -> None:
-        task = asyncio.create_task(scheduler.run())
-        async with asyncio.timeout(10):
-            while len(readings) < 3:
-                await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
+    run = Run(slots)
+    assert set(run.scheduler.phases().values()) == {0.0}, "one wake-up"
     try:
-        asyncio.run(run())
+        run.until(lambda: len(run.readings) >= 3)
     finally:
-        scheduler.close()
         hardware.close()
-    stamps = sorted(r.ts for r in readings[:3])
+    stamps = sorted(r.ts for r in run.readings[:3])
     assert stamps == pytest.approx(sorted(started[:3]), abs=0.01)
     assert stamps[2] - stamps[0] >= 2 * 0.15 - 0.01, "stamped at the wake-up, not the read"
